@@ -1,0 +1,122 @@
+"""The administrator's view: audit events, each user's 2FA state, reset and unlock.
+
+No page here shows a secret, a ciphertext or a hash: those fields are simply never listed.
+Every action is a ``flows`` call, so it is audited (naming the administrator) and notified.
+"""
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from . import flows
+from .models import SecurityEvent, TOTPDevice
+
+User = get_user_model()
+
+
+def _actor(request: HttpRequest) -> str:
+    return f"admin {request.user.get_username()}"
+
+
+@admin.action(description=_("Reset two-factor authentication (the user must enrol again)"))
+def reset_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
+    users = [getattr(obj, "user", obj) for obj in queryset]
+    for user in users:
+        flows.reset(user, _actor(request), request)
+    modeladmin.message_user(
+        request,
+        ngettext("Reset two-factor for %d user.", "Reset two-factor for %d users.", len(users))
+        % len(users),
+        messages.SUCCESS,
+    )
+
+
+@admin.action(description=_("Unlock the second factor (clear failures and back-off)"))
+def unlock_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
+    count = sum(flows.unlock(getattr(obj, "user", obj), _actor(request), request) for obj in queryset)
+    modeladmin.message_user(
+        request,
+        ngettext("Unlocked %d user.", "Unlocked %d users.", count) % count,
+        messages.SUCCESS,
+    )
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(SecurityEvent)
+class SecurityEventAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "user", "kind", "ip_address", "detail"]
+    list_filter = ["kind", "created_at"]
+    search_fields = ["user__username", "user__email", "ip_address", "detail", "user_agent"]
+    date_hierarchy = "created_at"
+    list_select_related = ["user"]
+
+
+@admin.register(TOTPDevice)
+class TOTPDeviceAdmin(admin.ModelAdmin):
+    # Deliberately not listed: encrypted_secret, last_used_step.
+    fields = ["user", "confirmed_at", "codes_left", "failure_count", "blocked_until", "locked_at"]
+    readonly_fields = fields
+    list_display = ["user", "confirmed_at", "codes_left", "failure_count", "blocked_until",
+                    "locked_at"]
+    list_filter = [("locked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["user__username", "user__email"]
+    actions = [unlock_two_factor, reset_two_factor]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("user")
+            .annotate(
+                _codes_left=Count(
+                    "user__mfa_recovery_codes",
+                    filter=Q(user__mfa_recovery_codes__used_at__isnull=True),
+                )
+            )
+        )
+
+    @admin.display(description=_("recovery codes left"), ordering="_codes_left")
+    def codes_left(self, obj: TOTPDevice) -> int:
+        return getattr(obj, "_codes_left", None) or flows.unused_code_count(obj.user)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # only the user can enrol, by proving a code
+
+
+class TwoFactorUserAdmin(UserAdmin):
+    """The stock user admin, with each user's 2FA state and the two actions."""
+
+    list_display = [*UserAdmin.list_display, "two_factor"]
+    actions = [*(UserAdmin.actions or []), unlock_two_factor, reset_two_factor]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).select_related("mfa_totp")
+
+    @admin.display(description=_("two-factor"))
+    def two_factor(self, obj) -> str:
+        device = getattr(obj, "mfa_totp", None)
+        if device is None:
+            return _("off")
+        if device.locked_at:
+            return _("locked")
+        return _("on")
+
+
+# Only replace the stock UserAdmin: a project with its own user admin keeps it.
+if type(admin.site._registry.get(User)) is UserAdmin:
+    admin.site.unregister(User)
+    admin.site.register(User, TwoFactorUserAdmin)

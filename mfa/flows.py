@@ -1,0 +1,418 @@
+"""Every state change of the second factor, each with its audit event and notice.
+
+Views call these and stay thin; nothing here renders a page. The functions that accept a code
+return a ``Outcome``, so that each view maps the same small set of answers to responses.
+
+The login, as a reviewer should check it:
+
+1. ``begin_pending_login``: the password was right and the user has 2FA. The session key is
+   cycled and the session holds only a marker (user id, backend, time, and an HMAC of the
+   password hash). ``login()`` is NOT called: the user stays anonymous.
+2. ``pending_user``: each second-step request re-reads the marker, and drops it if it has
+   expired, the user is gone or inactive, or the password changed meanwhile.
+3. ``verify_totp`` / ``verify_recovery_code``: checks the database back-off, decrypts the
+   secret (failing closed), checks the code, and accepts it with one conditional UPDATE.
+4. ``complete_login``: only now ``login()``, which cycles the session key again.
+"""
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth import login as auth_login
+from django.contrib.sessions.backends.base import SessionBase
+from django.db import transaction
+from django.db.models import Q
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.crypto import constant_time_compare, salted_hmac
+
+from . import crypto, notify, recovery, throttle, totp
+from .conf import settings
+from .models import RecoveryCode, SecurityEvent, TOTPDevice, UserSession
+
+__all__ = [
+    "Outcome",
+    "Result",
+    "begin_enrolment",
+    "begin_pending_login",
+    "complete_login",
+    "confirm_enrolment",
+    "disable",
+    "end_other_sessions",
+    "has_2fa",
+    "pending_user",
+    "record",
+    "regenerate_recovery_codes",
+    "reset",
+    "unlock",
+    "verify_any_code",
+    "verify_recovery_code",
+    "verify_totp",
+]
+
+logger = logging.getLogger(__name__)
+Kind = SecurityEvent.Kind
+
+PENDING_KEY = "_mfa_pending"
+# How the session was authenticated ("totp", "recovery code", "password"): its presence marks
+# a session made by complete_login (see middleware.SecondFactorMiddleware).
+LOGIN_METHOD_KEY = "_mfa_login_method"
+ENROL_KEY = "_mfa_enrol_secret"
+# Set after a factor change, so the security page offers to sign out every other session.
+OFFER_END_SESSIONS_KEY = "_mfa_offer_end_sessions"
+
+
+class Result(Enum):
+    OK = "ok"
+    INVALID = "invalid"  # wrong code (counted as a failure)
+    REPLAY = "replay"  # a correct code of a step already used (not a guess: not counted)
+    BLOCKED = "blocked"  # backed off or locked: not even checked
+    UNREADABLE = "unreadable"  # no key decrypts the secret: fail closed
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Result
+    retry_after: int = 0
+    locked: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.result is Result.OK
+
+
+def _now():
+    # The one clock of this module (Django's timezone.now reads the server's time.time).
+    return timezone.now()
+
+
+# --- Audit ----------------------------------------------------------------------------------
+
+
+def record(request: HttpRequest | None, user: Any, kind: str, detail: str = "") -> SecurityEvent:
+    """Write an audit event, and log it without any secret."""
+    ip = throttle.client_ip(request) if request is not None else None
+    agent = request.META.get("HTTP_USER_AGENT", "")[:300] if request is not None else ""
+    event = SecurityEvent.objects.create(
+        user=user if user is not None and user.pk else None,
+        kind=kind,
+        ip_address=ip,
+        user_agent=agent,
+        detail=detail[:200],
+    )
+    logger.info(
+        "security event %s user=%s ip=%s%s",
+        kind,
+        getattr(user, "pk", None),
+        ip,
+        f" ({detail})" if detail else "",
+    )
+    return event
+
+
+def has_2fa(user: Any) -> bool:
+    return user.is_authenticated and TOTPDevice.objects.filter(user=user).exists()
+
+
+# --- The pending login ----------------------------------------------------------------------
+
+
+def _password_fingerprint(user: Any) -> str:
+    # Changes whenever the password does, so a marker minted before a password change (reset
+    # by the owner, or by an admin who suspects a leak) cannot be finished afterwards.
+    return salted_hmac("mfa.pending-login", user.password, algorithm="sha256").hexdigest()
+
+
+def begin_pending_login(request: HttpRequest, user: Any, next_url: str) -> None:
+    """Remember that ``user`` passed the password step, without logging them in."""
+    request.session.cycle_key()
+    request.session[PENDING_KEY] = {
+        "uid": str(user.pk),
+        "backend": user.backend,
+        "at": int(totp.now()),
+        "pw": _password_fingerprint(user),
+        "next": next_url,
+    }
+    record(request, user, Kind.PASSWORD_OK)
+
+
+def pending_user(request: HttpRequest) -> tuple[Any, str] | None:
+    """Return the pending user and their ``next`` URL, or None (and drop a stale marker)."""
+    marker = request.session.get(PENDING_KEY)
+    if not isinstance(marker, dict):
+        return None
+    age = totp.now() - marker.get("at", 0)
+    user = None
+    if 0 <= age <= settings.PENDING_TIMEOUT:
+        user = get_user_model()._default_manager.filter(pk=marker.get("uid")).first()
+    if (
+        user is None
+        or not user.is_active
+        or not constant_time_compare(marker.get("pw", ""), _password_fingerprint(user))
+    ):
+        request.session.pop(PENDING_KEY, None)
+        return None
+    user.backend = marker["backend"]
+    return user, marker.get("next", "")
+
+
+def abandon_pending_login(request: HttpRequest) -> None:
+    request.session.pop(PENDING_KEY, None)
+
+
+def complete_login(request: HttpRequest, user: Any, method: str) -> None:
+    """Log the user in: the second factor (or no second factor) has been satisfied."""
+    request.session.pop(PENDING_KEY, None)
+    auth_login(request, user, backend=getattr(user, "backend", None))
+    request.session[LOGIN_METHOD_KEY] = method
+    UserSession.objects.get_or_create(
+        session_key=request.session.session_key, defaults={"user": user}
+    )
+    record(request, user, Kind.LOGIN, detail=method)
+
+
+# --- Verifying codes ------------------------------------------------------------------------
+
+
+def _failed(request: HttpRequest, user: Any, device: TOTPDevice, detail: str) -> Outcome:
+    now = _now()
+    device = throttle.record_failure(device.pk, now)
+    record(request, user, Kind.MFA_FAILED, detail=detail)
+    if device.failure_count == settings.BACKOFF_AFTER:
+        # ASVS 6.3.5: the password was right, the second factor repeatedly wrong.
+        record(request, user, Kind.SUSPICIOUS, detail=f"{device.failure_count} failures")
+        notify.send(user, Kind.SUSPICIOUS)
+    if device.failure_count == settings.LOCKOUT_AFTER:
+        record(request, user, Kind.LOCKED, detail=f"{device.failure_count} failures")
+        notify.send(user, Kind.LOCKED)
+    elif device.blocked_until is not None and device.failure_count >= settings.BACKOFF_AFTER:
+        record(request, user, Kind.BACKOFF, detail=f"{device.failure_count} failures")
+    return Outcome(Result.INVALID)
+
+
+def _blocked(device: TOTPDevice) -> Outcome | None:
+    limited = throttle.blocked_for(device, _now())
+    if limited is None:
+        return None
+    return Outcome(Result.BLOCKED, retry_after=limited.retry_after, locked=limited.locked)
+
+
+def read_secret(request: HttpRequest | None, user: Any, device: TOTPDevice) -> str | None:
+    """Decrypt the user's secret, or log loudly and return None: never let anyone in."""
+    try:
+        return crypto.decrypt_secret(device.encrypted_secret, user.pk)
+    except crypto.UndecryptableSecret as exc:
+        logger.error(
+            "TOTP secret of user %s cannot be decrypted (%s); the login is refused. "
+            "Check the key ring (python manage.py mfa_keys status).",
+            user.pk,
+            exc,
+        )
+        record(request, user, Kind.SECRET_UNREADABLE)
+        return None
+
+
+def verify_totp(request: HttpRequest, user: Any, code: str) -> Outcome:
+    """Check a normalised 6-digit code and, if right and new, consume its time step."""
+    device = TOTPDevice.objects.get(user=user)
+    if blocked := _blocked(device):
+        return blocked
+    secret = read_secret(request, user, device)
+    if secret is None:
+        return Outcome(Result.UNREADABLE)
+    step = totp.matching_step(secret, code, totp.now(), settings.VALID_WINDOW)
+    if step is None:
+        return _failed(request, user, device, "wrong code")
+    now = _now()
+    # The replay guard, the back-off and the reset of the failure count in one statement: of
+    # any number of requests racing with this code, on any number of processes, exactly one
+    # sees a row to update.
+    accepted = (
+        TOTPDevice.objects.filter(pk=device.pk, last_used_step__lt=step, locked_at__isnull=True)
+        .filter(Q(blocked_until__isnull=True) | Q(blocked_until__lte=now))
+        .update(last_used_step=step, failure_count=0, blocked_until=None)
+    )
+    if accepted:
+        return Outcome(Result.OK)
+    device.refresh_from_db()
+    if blocked := _blocked(device):
+        return blocked
+    record(request, user, Kind.MFA_FAILED, detail="code already used")
+    return Outcome(Result.REPLAY)
+
+
+def verify_recovery_code(request: HttpRequest, user: Any, parsed: recovery.ParsedCode) -> Outcome:
+    """Check a parsed recovery code with one Argon2 verification and, if right, use it up."""
+    device = TOTPDevice.objects.get(user=user)
+    if blocked := _blocked(device):
+        return blocked
+    row = (
+        RecoveryCode.objects.filter(user=user, selector=parsed.selector, used_at__isnull=True)
+        .only("pk", "code_hash")
+        .first()
+    )
+    if not recovery.verify(row.code_hash if row else None, parsed):
+        return _failed(request, user, device, "wrong recovery code")
+    now = _now()
+    with transaction.atomic():
+        used = RecoveryCode.objects.filter(pk=row.pk, used_at__isnull=True).update(used_at=now)
+        if used:
+            # A success, like a TOTP code: the failure budget starts over.
+            TOTPDevice.objects.filter(pk=device.pk).update(failure_count=0, blocked_until=None)
+    if not used:
+        # Another request used this code a moment ago.
+        record(request, user, Kind.MFA_FAILED, detail="recovery code already used")
+        return Outcome(Result.REPLAY)
+    record(request, user, Kind.RECOVERY_USED, detail=f"{unused_code_count(user)} left")
+    notify.send(user, Kind.RECOVERY_USED)
+    return Outcome(Result.OK)
+
+
+def verify_any_code(request: HttpRequest, user: Any, raw: str) -> Outcome | None:
+    """Accept either a TOTP code or a recovery code (re-authentication forms).
+
+    Returns None when ``raw`` is neither shape, so the form can say so without counting it.
+    """
+    if code := totp.normalize_code(raw):
+        return verify_totp(request, user, code)
+    if parsed := recovery.parse(raw):
+        return verify_recovery_code(request, user, parsed)
+    return None
+
+
+def unused_code_count(user: Any) -> int:
+    return RecoveryCode.objects.filter(user=user, used_at__isnull=True).count()
+
+
+# --- Enrolment ------------------------------------------------------------------------------
+
+
+def begin_enrolment(session: SessionBase) -> str:
+    """Return the secret being enrolled, creating it on first use; it lives in the session."""
+    secret = session.get(ENROL_KEY)
+    if not secret:
+        secret = totp.generate_secret()
+        session[ENROL_KEY] = secret
+    return secret
+
+
+def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] | None:
+    """Save the session's secret if ``code`` proves the user has it; return recovery codes.
+
+    Returns None if the code is wrong (nothing is written). A user who already has 2FA
+    cannot replace it here: ``disable`` first, with the password and a current code.
+    """
+    secret = request.session.get(ENROL_KEY)
+    if not secret:
+        return None
+    step = totp.matching_step(secret, code, totp.now(), settings.VALID_WINDOW)
+    if step is None:
+        return None
+    with transaction.atomic():
+        device, created = TOTPDevice.objects.get_or_create(
+            user=user,
+            defaults={
+                "encrypted_secret": crypto.encrypt_secret(secret, user.pk),
+                # The confirming code is spent: it cannot also finish a login.
+                "last_used_step": step,
+            },
+        )
+        if not created:
+            return None
+        codes = _replace_recovery_codes(user)
+    del request.session[ENROL_KEY]
+    _offer_end_sessions(request)
+    record(request, user, Kind.ENABLED)
+    notify.send(user, Kind.ENABLED)
+    return codes
+
+
+def _replace_recovery_codes(user: Any) -> list[str]:
+    RecoveryCode.objects.filter(user=user).delete()
+    pairs = recovery.generate(settings.RECOVERY_CODE_COUNT)
+    RecoveryCode.objects.bulk_create(
+        RecoveryCode(user=user, selector=s, code_hash=recovery.hash_verifier(s, v))
+        for s, v in pairs
+    )
+    return [recovery.format_code(s, v) for s, v in pairs]
+
+
+def regenerate_recovery_codes(request: HttpRequest, user: Any) -> list[str]:
+    """Invalidate every recovery code of the user and return a fresh set (shown once)."""
+    with transaction.atomic():
+        codes = _replace_recovery_codes(user)
+    _offer_end_sessions(request)
+    record(request, user, Kind.CODES_REGENERATED)
+    notify.send(user, Kind.CODES_REGENERATED)
+    return codes
+
+
+# --- Turning it off -------------------------------------------------------------------------
+
+
+def _remove(user: Any) -> None:
+    with transaction.atomic():
+        TOTPDevice.objects.filter(user=user).delete()
+        RecoveryCode.objects.filter(user=user).delete()
+
+
+def disable(request: HttpRequest, user: Any) -> None:
+    """Remove the user's secret and recovery codes (after re-authentication by the view)."""
+    _remove(user)
+    _offer_end_sessions(request)
+    record(request, user, Kind.DISABLED)
+    notify.send(user, Kind.DISABLED)
+
+
+def reset(user: Any, actor: str, request: HttpRequest | None = None) -> None:
+    """Administrator's reset: the user must enrol again. Audited and notified."""
+    _remove(user)
+    record(request, user, Kind.ADMIN_RESET, detail=f"by {actor}")
+    notify.send(user, Kind.ADMIN_RESET)
+
+
+def unlock(user: Any, actor: str, request: HttpRequest | None = None) -> bool:
+    """Clear the back-off and lock of the user's second factor. Audited and notified."""
+    changed = TOTPDevice.objects.filter(user=user).update(
+        failure_count=0, blocked_until=None, locked_at=None
+    )
+    if changed:
+        record(request, user, Kind.UNLOCKED, detail=f"by {actor}")
+        notify.send(user, Kind.UNLOCKED)
+    return bool(changed)
+
+
+# --- Sessions -------------------------------------------------------------------------------
+
+
+def end_other_sessions(request: HttpRequest, user: Any) -> int:
+    """Sign the user out everywhere but here (ASVS 7.4.3); return how many sessions ended."""
+    engine = request.session.__class__
+    current = request.session.session_key
+    others = UserSession.objects.filter(user=user).exclude(session_key=current)
+    ended = 0
+    for entry in others:
+        engine(session_key=entry.session_key).delete()
+        ended += 1
+    others.delete()
+    record(request, user, Kind.SESSIONS_ENDED, detail=f"{ended} sessions")
+    return ended
+
+
+def other_session_count(request: HttpRequest) -> int:
+    return (
+        UserSession.objects.filter(user=request.user)
+        .exclude(session_key=request.session.session_key)
+        .count()
+    )
+
+
+def forget_session(request: HttpRequest) -> None:
+    UserSession.objects.filter(session_key=request.session.session_key).delete()
+
+
+def _offer_end_sessions(request: HttpRequest) -> None:
+    request.session[OFFER_END_SESSIONS_KEY] = True

@@ -1,0 +1,106 @@
+"""Forms only validate and normalise input; flows.py decides what it means."""
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from . import recovery, totp
+
+__all__ = ["CodeForm", "ReauthForm", "RecoveryCodeForm"]
+
+# Longer than any code with generous spacing, far shorter than an abuse.
+MAX_INPUT = 64
+
+
+def _code_widget(**attrs) -> forms.TextInput:
+    return forms.TextInput(
+        attrs={
+            "autocomplete": "one-time-code",
+            "autocapitalize": "off",
+            "spellcheck": "false",
+            "autofocus": True,
+            "aria-describedby": "code-help code-errors",
+            **attrs,
+        }
+    )
+
+
+class CodeForm(forms.Form):
+    """A 6-digit TOTP code; spaces and dashes are forgiven."""
+
+    code = forms.CharField(
+        label=_("6-digit code"),
+        max_length=MAX_INPUT,
+        strip=True,
+        widget=_code_widget(inputmode="numeric", pattern=r"[0-9\s\-]*", maxlength=MAX_INPUT),
+        error_messages={
+            "required": _("Enter the 6-digit code from your authenticator app."),
+            "max_length": _("That is not a 6-digit code."),
+        },
+    )
+
+    def clean_code(self) -> str:
+        code = totp.normalize_code(self.cleaned_data["code"])
+        if code is None:
+            raise forms.ValidationError(
+                _("Enter the 6 digits shown in your authenticator app."), code="format"
+            )
+        return code
+
+
+class RecoveryCodeForm(forms.Form):
+    """A recovery code; case, spaces and dashes are forgiven."""
+
+    code = forms.CharField(
+        label=_("Recovery code"),
+        max_length=MAX_INPUT,
+        strip=True,
+        widget=_code_widget(maxlength=MAX_INPUT),
+        error_messages={
+            "required": _("Enter one of your recovery codes."),
+            "max_length": _("That is not a recovery code."),
+        },
+    )
+
+    def clean_code(self) -> recovery.ParsedCode:
+        parsed = recovery.parse(self.cleaned_data["code"])
+        if parsed is None:
+            raise forms.ValidationError(
+                _("A recovery code has 16 letters and digits, like ABCD-EFGH-JKMN-PQRS."),
+                code="format",
+            )
+        return parsed
+
+
+class ReauthForm(forms.Form):
+    """The password again, and a current TOTP code or an unused recovery code."""
+
+    password = forms.CharField(
+        label=_("Password"),
+        max_length=4096,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "autofocus": True}),
+    )
+    code = forms.CharField(
+        label=_("Code from your app, or a recovery code"),
+        max_length=MAX_INPUT,
+        strip=True,
+        widget=forms.TextInput(
+            attrs={
+                "autocomplete": "one-time-code",
+                "autocapitalize": "off",
+                "spellcheck": "false",
+                "aria-describedby": "code-help code-errors",
+                "maxlength": MAX_INPUT,
+            }
+        ),
+        error_messages={"max_length": _("That is neither a 6-digit code nor a recovery code.")},
+    )
+
+    def clean_code(self) -> str:
+        raw = self.cleaned_data["code"]
+        if totp.normalize_code(raw) is None and recovery.parse(raw) is None:
+            raise forms.ValidationError(
+                _("Enter the 6-digit code from your app, or one of your recovery codes."),
+                code="format",
+            )
+        return raw

@@ -1,0 +1,197 @@
+"""Manage the Fernet key ring: generate, add, status, rotate, retire.
+
+The life of a key: ``add`` puts a new key first (it encrypts from now on; the old ones still
+decrypt), ``rotate`` re-encrypts every stored secret under it, ``retire`` drops an old key once
+``status`` shows that nothing needs it. No step ever locks a user out: at every moment each
+secret is readable by some key in the ring.
+"""
+
+import os
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+
+from mfa import crypto
+from mfa.conf import settings
+from mfa.models import TOTPDevice
+
+
+class Command(BaseCommand):
+    # The key ring checks would stop `generate` from creating the ring they ask for.
+    requires_system_checks = []
+    help = "Manage the key ring that encrypts TOTP secrets: generate, add, status, rotate, retire."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        sub.add_parser("generate", help="Create the first key ring (never overwrites one).")
+        sub.add_parser("add", help="Add a new primary key; old keys stay for decryption.")
+        sub.add_parser("new-key", help="Print a new key, for a ring kept in the environment.")
+        sub.add_parser("status", help="List the keys and how many secrets each decrypts.")
+        rotate = sub.add_parser("rotate", help="Re-encrypt every secret under the primary key.")
+        rotate.add_argument("--batch-size", type=int, default=1000)
+        retire = sub.add_parser("retire", help="Remove a key that no secret needs any more.")
+        retire.add_argument("key_id")
+
+    def handle(self, *args, action: str, **options) -> None:
+        getattr(self, "handle_" + action.replace("-", "_"))(**options)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _from_env(self) -> bool:
+        return bool(os.environ.get(settings.KEYS_ENV, "").strip())
+
+    def _refuse_env(self, what: str) -> None:
+        if self._from_env():
+            raise CommandError(
+                f"The key ring comes from the environment variable {settings.KEYS_ENV}, which "
+                f"this command cannot {what}. Run `mfa_keys new-key`, put the key first in "
+                f"{settings.KEYS_ENV} on every server, restart them, then `mfa_keys rotate`."
+            )
+
+    def _keys(self) -> list[bytes]:
+        try:
+            return crypto.load_keys()
+        except crypto.KeyRingError as exc:
+            raise CommandError(str(exc)) from None
+
+    def _usage(self) -> tuple[dict[bytes, int], list[tuple[int, str]]]:
+        """Count the secrets each key decrypts, and list those none does (user binding too)."""
+        keys = self._keys()
+        counts = dict.fromkeys(keys, 0)
+        lost: list[tuple[int, str]] = []
+        devices = TOTPDevice.objects.select_related("user").only(
+            "pk", "encrypted_secret", "user__pk", "user__username"
+        )
+        for device in devices.iterator(chunk_size=2000):
+            key = crypto.decrypting_key(device.encrypted_secret)
+            if key is not None:
+                try:
+                    crypto.decrypt_secret(device.encrypted_secret, device.user.pk)
+                except crypto.UndecryptableSecret:
+                    key = None
+            if key is None:
+                lost.append((device.user.pk, device.user.get_username()))
+            else:
+                counts[key] += 1
+        return counts, lost
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def handle_generate(self, **options) -> None:
+        self._refuse_env("generate")
+        path = crypto.ring_path()
+        if path.exists():
+            raise CommandError(f"{path} already exists; refusing to overwrite a key ring.")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = crypto.new_key()
+        crypto.write_ring([key])
+        self.stdout.write(f"Created {path} (mode 0600) with primary key {crypto.key_id(key)}.")
+        self.stdout.write("Back it up apart from the database: without it no user can log in.")
+
+    def handle_add(self, **options) -> None:
+        self._refuse_env("change")
+        keys = self._keys()
+        key = crypto.new_key()
+        crypto.write_ring([key, *keys])
+        self.stdout.write(f"Added primary key {crypto.key_id(key)}; {len(keys)} older key(s) kept.")
+        self.stdout.write("Next: `mfa_keys rotate` re-encrypts existing secrets under it.")
+
+    def handle_new_key(self, **options) -> None:
+        key = crypto.new_key()
+        self.stdout.write(key.decode("ascii"))
+        self.stderr.write(f"key id {crypto.key_id(key)}")
+
+    def handle_status(self, **options) -> None:
+        counts, lost = self._usage()
+        source = settings.KEYS_ENV if self._from_env() else str(crypto.ring_path())
+        self.stdout.write(f"Key ring: {source}")
+        for index, (key, count) in enumerate(counts.items()):
+            role = "primary" if index == 0 else "old    "
+            self.stdout.write(f"  {crypto.key_id(key)}  {role}  decrypts {count} secret(s)")
+        if lost:
+            self.stderr.write(
+                self.style.ERROR(
+                    f"{len(lost)} secret(s) cannot be decrypted by any key; these users cannot "
+                    "log in with TOTP until they are reset (mfa_reset) and enrol again:"
+                )
+            )
+            for pk, username in lost:
+                self.stderr.write(self.style.ERROR(f"  user {pk} {username}"))
+            raise CommandError(f"{len(lost)} secret(s) undecryptable.")
+
+    def handle_rotate(self, batch_size: int, **options) -> None:
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1")
+        primary = self._keys()[0]
+        total = TOTPDevice.objects.count()
+        done = rotated = 0
+        failed: list[int] = []
+        last_pk = 0
+        # Keyset pagination by primary key: constant memory, and each batch is its own
+        # transaction, so a run killed at any point leaves every row either old (still
+        # decryptable by an old key) or new; running again finishes the rest.
+        while True:
+            with transaction.atomic():
+                batch = list(
+                    TOTPDevice.objects.select_for_update()
+                    .filter(pk__gt=last_pk)
+                    .order_by("pk")
+                    .only("pk", "user_id", "encrypted_secret")[:batch_size]
+                )
+                if not batch:
+                    break
+                changed = []
+                for device in batch:
+                    try:
+                        token = crypto.reencrypt(device.encrypted_secret, device.user_id)
+                    except crypto.UndecryptableSecret:
+                        failed.append(device.user_id)
+                        continue
+                    if token is not None:
+                        device.encrypted_secret = token
+                        changed.append(device)
+                TOTPDevice.objects.bulk_update(changed, ["encrypted_secret"])
+            last_pk = batch[-1].pk
+            done += len(batch)
+            rotated += len(changed)
+            self._progress(done, total)
+        self.stderr.write("")
+        self.stdout.write(
+            f"Rotated {rotated} secret(s) to primary key {crypto.key_id(primary)}; "
+            f"{done - rotated - len(failed)} already used it."
+        )
+        if failed:
+            raise CommandError(
+                f"{len(failed)} secret(s) could not be decrypted by any key (users "
+                f"{', '.join(map(str, failed[:20]))}{'...' if len(failed) > 20 else ''}); "
+                "see `mfa_keys status`."
+            )
+
+    def _progress(self, done: int, total: int) -> None:
+        total = max(total, done, 1)
+        width = 30
+        filled = width * done // total
+        self.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", ending=""
+        )
+        self.stderr.flush()
+
+    def handle_retire(self, key_id: str, **options) -> None:
+        self._refuse_env("change")
+        keys = self._keys()
+        matches = [key for key in keys if crypto.key_id(key) == key_id.strip().lower()]
+        if not matches:
+            raise CommandError(f"No key with id {key_id} in the ring.")
+        key = matches[0]
+        if key == keys[0]:
+            raise CommandError(
+                "That is the primary key. `mfa_keys add` a new one and rotate before retiring it."
+            )
+        counts, _lost = self._usage()
+        if counts[key]:
+            raise CommandError(
+                f"Key {key_id} still decrypts {counts[key]} secret(s); run `mfa_keys rotate` "
+                "first. Nothing was changed."
+            )
+        crypto.write_ring([k for k in keys if k != key])
+        self.stdout.write(f"Retired key {key_id}; {len(keys) - 1} key(s) remain.")

@@ -1,0 +1,54 @@
+"""Middleware: the second factor cannot be side-stepped, and times show in the user's zone."""
+
+import zoneinfo
+
+from django.contrib.auth import SESSION_KEY, logout
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.utils import timezone
+
+from . import flows
+
+__all__ = ["SecondFactorMiddleware", "UserTimezoneMiddleware"]
+
+
+class SecondFactorMiddleware:
+    """Log out any session of a 2FA user that did not come through the two-step login.
+
+    ``flows.complete_login`` marks the sessions it creates. A session authenticated some other
+    way (Django's stock LoginView mounted by mistake, a password-reset view that logs in, a
+    third-party app) carries no mark; if its user has 2FA it is ended here, before any view
+    runs. Marked sessions cost nothing: the check only queries for unmarked ones.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        session = request.session
+        if (
+            session.get(SESSION_KEY) is not None
+            and flows.LOGIN_METHOD_KEY not in session
+            and request.user.is_authenticated
+            and flows.has_2fa(request.user)
+        ):
+            logout(request)
+            return redirect("mfa:login")
+        return self.get_response(request)
+
+
+class UserTimezoneMiddleware:
+    """Show times in the zone the browser reported (a cookie set by mfa.js), else UTC."""
+
+    COOKIE = "mfa_tz"
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        name = request.COOKIES.get(self.COOKIE, "")
+        try:
+            timezone.activate(zoneinfo.ZoneInfo(name)) if name else timezone.deactivate()
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            timezone.deactivate()
+        return self.get_response(request)

@@ -1,0 +1,114 @@
+"""What the server keeps: an encrypted secret, hashed recovery codes, and an audit trail."""
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+__all__ = ["RecoveryCode", "SecurityEvent", "TOTPDevice", "UserSession"]
+
+
+class TOTPDevice(models.Model):
+    """A user's confirmed authenticator, and the state that guards it.
+
+    A row exists only once the user has proved the secret with a working code; enrolment in
+    progress lives in the session. The secret is Fernet ciphertext bound to the user (see
+    ``mfa.crypto``). ``last_used_step`` is the replay guard and the failure fields are the
+    database back-off: both are changed only by conditional UPDATEs or under a row lock
+    (``mfa.flows``, ``mfa.throttle``), so they hold across processes, restarts and cache
+    flushes.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mfa_totp"
+    )
+    encrypted_secret = models.TextField(editable=False)
+    # The time step of the last accepted code; only newer steps are accepted.
+    last_used_step = models.BigIntegerField(default=-1, editable=False)
+    confirmed_at = models.DateTimeField(auto_now_add=True)
+    # Consecutive failed second-factor attempts (TOTP and recovery codes share the budget).
+    failure_count = models.PositiveIntegerField(default=0)
+    blocked_until = models.DateTimeField(null=True, blank=True)
+    locked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("two-factor authenticator")
+        verbose_name_plural = _("two-factor authenticators")
+
+    def __str__(self) -> str:
+        return f"TOTP for {self.user}"
+
+
+class RecoveryCode(models.Model):
+    """One recovery code: a plaintext selector and the Argon2id hash of the whole code."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mfa_recovery_codes"
+    )
+    selector = models.CharField(max_length=8, editable=False)
+    code_hash = models.CharField(max_length=200, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "selector"], name="mfa_recovery_selector")
+        ]
+
+    def __str__(self) -> str:
+        return f"recovery code of {self.user}"
+
+
+class SecurityEvent(models.Model):
+    """An entry of the audit trail. Never holds a code, secret or password."""
+
+    class Kind(models.TextChoices):
+        PASSWORD_FAILED = "password_failed", _("Password rejected")
+        PASSWORD_OK = "password_ok", _("Password accepted, awaiting second factor")
+        LOGIN = "login", _("Signed in")
+        MFA_FAILED = "mfa_failed", _("Second factor rejected")
+        RECOVERY_USED = "recovery_used", _("Signed in with a recovery code")
+        SUSPICIOUS = "suspicious", _("Correct password, repeated wrong second factor")
+        BACKOFF = "backoff", _("Second factor paused after repeated failures")
+        LOCKED = "locked", _("Second factor locked after too many failures")
+        UNLOCKED = "unlocked", _("Second factor unlocked by an administrator")
+        ENABLED = "enabled", _("Two-factor authentication turned on")
+        DISABLED = "disabled", _("Two-factor authentication turned off")
+        CODES_REGENERATED = "codes_regenerated", _("Recovery codes replaced")
+        ADMIN_RESET = "admin_reset", _("Two-factor authentication reset by an administrator")
+        SECRET_UNREADABLE = "secret_unreadable", _("Two-factor secret could not be decrypted")
+        SESSIONS_ENDED = "sessions_ended", _("Other sessions signed out")
+        LOGOUT = "logout", _("Signed out")
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="mfa_events",
+    )
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    # A short, fixed reason ("replayed code", "by admin alice"): never user input.
+    detail = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "-created_at"], name="mfa_event_user_time")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.created_at:%Y-%m-%d %H:%M})"
+
+
+class UserSession(models.Model):
+    """A session created by a completed login, so the user can end the others."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mfa_sessions"
+    )
+    session_key = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"session of {self.user}"

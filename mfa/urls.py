@@ -1,0 +1,19 @@
+"""The routes of the two-factor flow, mounted under ``accounts/`` by the site."""
+
+from django.urls import path
+
+from . import views
+
+app_name = "mfa"
+
+urlpatterns = [
+    path("login/", views.login_view, name="login"),
+    path("logout/", views.logout_view, name="logout"),
+    path("2fa/verify/", views.verify_view, name="verify"),
+    path("2fa/recovery/", views.recovery_view, name="recovery"),
+    path("2fa/setup/", views.setup_view, name="setup"),
+    path("2fa/disable/", views.disable_view, name="disable"),
+    path("2fa/recovery-codes/", views.regenerate_view, name="regenerate"),
+    path("security/", views.security_view, name="security"),
+    path("security/end-sessions/", views.end_sessions_view, name="end_sessions"),
+]

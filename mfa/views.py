@@ -1,0 +1,354 @@
+"""The web layer: parse the request, ask ``flows``, answer. No state change happens here."""
+
+import base64
+import io
+import logging
+from urllib.parse import urlencode
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import qrcode
+import qrcode.image.pil
+from django.conf import settings as django_settings
+from django.contrib import messages
+from django.contrib.auth import REDIRECT_FIELD_NAME
+from django.contrib.auth import logout as auth_logout
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods, require_POST
+
+from . import flows, throttle, totp
+from .conf import settings
+from .forms import CodeForm, ReauthForm, RecoveryCodeForm
+from .models import SecurityEvent, TOTPDevice
+
+logger = logging.getLogger(__name__)
+Kind = SecurityEvent.Kind
+Result = flows.Result
+
+GET_POST = require_http_methods(["GET", "POST"])
+
+
+# --- Helpers --------------------------------------------------------------------------------
+
+
+def safe_next(request: HttpRequest, candidate: str | None) -> str:
+    """Return ``candidate`` if it stays on this site, else the default landing page."""
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return reverse(django_settings.LOGIN_REDIRECT_URL)
+
+
+def too_many(request: HttpRequest, limited: throttle.Limited | flows.Outcome) -> HttpResponse:
+    """Answer 429 with a page that says when to try again, and a Retry-After header."""
+    response = render(
+        request,
+        "mfa/limited.html",
+        {"retry_after": limited.retry_after, "locked": limited.locked},
+        status=429,
+    )
+    response["Retry-After"] = str(limited.retry_after)
+    return response
+
+
+def first_limit(request: HttpRequest, *checks: tuple[str, str, str]) -> throttle.Limited | None:
+    """Count the attempt against every (group, key, rate) and return the first refusal."""
+    refusal = None
+    for group, value, rate in checks:
+        limited = throttle.check_rate(request, group, value, rate)
+        refusal = refusal or limited
+    return refusal
+
+
+def pending_required(view: Callable) -> Callable:
+    """Run ``view(request, user, next_url)`` for a pending login, else go back to the login."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        pending = flows.pending_user(request)
+        if pending is None:
+            if request.method == "POST":
+                messages.error(request, _("Your sign-in expired. Please start again."))
+            return redirect("mfa:login")
+        user, next_url = pending
+        return view(request, user, next_url, *args, **kwargs)
+
+    return wrapper
+
+
+def no_store(response: HttpResponse) -> HttpResponse:
+    # Pages with secrets or fresh codes must not linger in any cache or in the back button.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# --- Login ----------------------------------------------------------------------------------
+
+
+@sensitive_post_parameters("password")
+@never_cache
+@GET_POST
+def login_view(request: HttpRequest) -> HttpResponse:
+    next_url = safe_next(request, request.POST.get("next") or request.GET.get("next"))
+    form = AuthenticationForm(request, data=request.POST if request.method == "POST" else None)
+    if request.method == "POST":
+        username = str(request.POST.get("username", ""))[:150].casefold()
+        ip = throttle.client_ip(request)
+        if limited := first_limit(
+            request,
+            ("mfa.login.ip", ip, settings.LOGIN_IP_RATE),
+            ("mfa.login.user", username, settings.LOGIN_USER_RATE),
+        ):
+            return too_many(request, limited)
+        if form.is_valid():
+            user = form.get_user()
+            if TOTPDevice.objects.filter(user=user).exists():
+                flows.begin_pending_login(request, user, next_url)
+                return redirect_with_next("mfa:verify", next_url)
+            flows.complete_login(request, user, method="password")
+            return HttpResponseRedirect(next_url)
+        flows.record(request, None, Kind.PASSWORD_FAILED)
+    return render(
+        request,
+        "registration/login.html",
+        {"form": form, "next": next_url},
+        status=400 if form.is_bound else 200,
+    )
+
+
+def redirect_with_next(name: str, next_url: str) -> HttpResponseRedirect:
+    return HttpResponseRedirect(f"{reverse(name)}?{urlencode({REDIRECT_FIELD_NAME: next_url})}")
+
+
+def _code_step(
+    request: HttpRequest,
+    user: Any,
+    next_url: str,
+    form_class: type,
+    check: Callable[[HttpRequest, Any, Any], flows.Outcome],
+    template: str,
+    method: str,
+) -> HttpResponse:
+    """The second step of the login, for either kind of code."""
+    form = form_class(request.POST if request.method == "POST" else None)
+    status = 200
+    if request.method == "POST":
+        if limited := first_limit(
+            request,
+            ("mfa.code.ip", throttle.client_ip(request), settings.CODE_IP_RATE),
+            ("mfa.code.user", str(user.pk), settings.CODE_RATE),
+        ):
+            return too_many(request, limited)
+        status = 400
+        if form.is_valid():
+            outcome = check(request, user, form.cleaned_data["code"])
+            if outcome.ok:
+                flows.complete_login(request, user, method=method)
+                return HttpResponseRedirect(safe_next(request, next_url))
+            if outcome.result is Result.BLOCKED:
+                return too_many(request, outcome)
+            if outcome.result is Result.UNREADABLE:
+                flows.abandon_pending_login(request)
+                return render(request, "mfa/unreadable.html", status=403)
+            form.add_error("code", _code_error(outcome))
+    return render(
+        request,
+        template,
+        {"form": form, "next": next_url, "pending_user": user},
+        status=status,
+    )
+
+
+def _code_error(outcome: flows.Outcome) -> str:
+    if outcome.result is Result.REPLAY:
+        return _("That code has already been used. Wait for the next one and try again.")
+    return _("That code is not right. Check your app's clock and try again.")
+
+
+@sensitive_post_parameters("code")
+@never_cache
+@GET_POST
+@pending_required
+def verify_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
+    return _code_step(
+        request, user, next_url, CodeForm, flows.verify_totp, "mfa/verify.html", "totp"
+    )
+
+
+@sensitive_post_parameters("code")
+@never_cache
+@GET_POST
+@pending_required
+def recovery_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
+    return _code_step(
+        request,
+        user,
+        next_url,
+        RecoveryCodeForm,
+        flows.verify_recovery_code,
+        "mfa/recovery_login.html",
+        "recovery code",
+    )
+
+
+@require_POST
+def logout_view(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        flows.record(request, request.user, Kind.LOGOUT)
+        flows.forget_session(request)
+    flows.abandon_pending_login(request)
+    auth_logout(request)
+    return redirect(django_settings.LOGOUT_REDIRECT_URL)
+
+
+# --- Enrolment ------------------------------------------------------------------------------
+
+
+def qr_data_uri(uri: str) -> str:
+    image = qrcode.make(uri, image_factory=qrcode.image.pil.PilImage, box_size=8, border=4)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@sensitive_post_parameters("code")
+@never_cache
+@login_required
+@GET_POST
+def setup_view(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    if TOTPDevice.objects.filter(user=user).exists():
+        messages.info(
+            request,
+            _("Two-factor authentication is already on. Turn it off first to use a new app."),
+        )
+        return redirect("mfa:security")
+    secret = flows.begin_enrolment(request.session)
+    form = CodeForm(request.POST if request.method == "POST" else None)
+    status = 200
+    if request.method == "POST":
+        status = 400
+        if form.is_valid():
+            codes = flows.confirm_enrolment(request, user, form.cleaned_data["code"])
+            if codes is not None:
+                return show_recovery_codes(request, codes, enrolled=True)
+            form.add_error(
+                "code", _("That code does not match. Check the app shows this account's code.")
+            )
+    uri = totp.provisioning_uri(secret, user.get_username(), settings.ISSUER)
+    context = {
+        "form": form,
+        "qr": qr_data_uri(uri),
+        "secret_grouped": totp.group_secret(secret),
+        "issuer": settings.ISSUER,
+        "account": user.get_username(),
+    }
+    return no_store(render(request, "mfa/setup.html", context, status=status))
+
+
+def show_recovery_codes(request: HttpRequest, codes: list[str], enrolled: bool) -> HttpResponse:
+    """Render fresh codes, once, in the response to the POST that made them."""
+    text = "\n".join(codes) + "\n"
+    download = "data:text/plain;charset=utf-8;base64," + base64.b64encode(text.encode()).decode()
+    context = {"codes": codes, "download": download, "enrolled": enrolled}
+    return no_store(render(request, "mfa/recovery_codes.html", context))
+
+
+# --- Re-authenticated changes ---------------------------------------------------------------
+
+
+def _reauth(
+    request: HttpRequest, template: str, on_success: Callable[[], HttpResponse]
+) -> HttpResponse:
+    """Ask for the password and a code again, even in a logged-in session."""
+    user = request.user
+    if not TOTPDevice.objects.filter(user=user).exists():
+        messages.info(request, _("Two-factor authentication is off."))
+        return redirect("mfa:security")
+    form = ReauthForm(request.POST if request.method == "POST" else None)
+    status = 200
+    if request.method == "POST":
+        if limited := first_limit(
+            request, ("mfa.change.user", str(user.pk), settings.CHANGE_RATE)
+        ):
+            return too_many(request, limited)
+        status = 400
+        if form.is_valid():
+            if not user.check_password(form.cleaned_data["password"]):
+                flows.record(request, user, Kind.PASSWORD_FAILED, detail="re-authentication")
+                form.add_error(None, _("The password or the code is not right."))
+            else:
+                outcome = flows.verify_any_code(request, user, form.cleaned_data["code"])
+                if outcome is not None and outcome.ok:
+                    return on_success()
+                if outcome is not None and outcome.result is Result.BLOCKED:
+                    return too_many(request, outcome)
+                if outcome is not None and outcome.result is Result.UNREADABLE:
+                    return render(request, "mfa/unreadable.html", status=403)
+                form.add_error(None, _("The password or the code is not right."))
+    return render(request, template, {"form": form}, status=status)
+
+
+@sensitive_post_parameters("password", "code")
+@never_cache
+@login_required
+@GET_POST
+def disable_view(request: HttpRequest) -> HttpResponse:
+    def done() -> HttpResponse:
+        flows.disable(request, request.user)
+        messages.success(request, _("Two-factor authentication is now off."))
+        return redirect("mfa:security")
+
+    return _reauth(request, "mfa/disable.html", done)
+
+
+@sensitive_post_parameters("password", "code")
+@never_cache
+@login_required
+@GET_POST
+def regenerate_view(request: HttpRequest) -> HttpResponse:
+    def done() -> HttpResponse:
+        codes = flows.regenerate_recovery_codes(request, request.user)
+        return show_recovery_codes(request, codes, enrolled=False)
+
+    return _reauth(request, "mfa/regenerate.html", done)
+
+
+# --- The security page ----------------------------------------------------------------------
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET"])
+def security_view(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    device = TOTPDevice.objects.filter(user=user).first()
+    codes_left = flows.unused_code_count(user) if device else 0
+    context = {
+        "device": device,
+        "codes_left": codes_left,
+        "codes_low": device is not None and codes_left <= settings.RECOVERY_CODES_LOW,
+        "events": SecurityEvent.objects.filter(user=user)[: settings.EVENTS_SHOWN],
+        "other_sessions": flows.other_session_count(request),
+        "offer_end_sessions": request.session.get(flows.OFFER_END_SESSIONS_KEY, False),
+    }
+    return render(request, "mfa/security.html", context)
+
+
+@login_required
+@require_POST
+def end_sessions_view(request: HttpRequest) -> HttpResponse:
+    ended = flows.end_other_sessions(request, request.user)
+    request.session.pop(flows.OFFER_END_SESSIONS_KEY, None)
+    messages.success(request, _("Signed out %(count)d other session(s).") % {"count": ended})
+    return redirect("mfa:security")

@@ -1,0 +1,142 @@
+"""Shared fixtures: a throw-away key ring, users with and without 2FA, and a frozen clock.
+
+The clock: ``mfa.totp.now`` is the only time source of the TOTP checks, and Django's
+``timezone.now`` feeds the back-off. ``clock`` freezes both with time-machine, so a test names
+the instant it runs at and moves it forward explicitly, never sleeps.
+"""
+
+import os
+import re
+import socket
+from urllib.parse import urlparse
+
+import pytest
+import time_machine
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+
+from mfa import crypto, flows, recovery, totp
+from mfa.models import RecoveryCode, TOTPDevice
+
+PASSWORD = "correct horse battery staple"
+# Not a round number of steps, so "the code now" and "the code 30 s ago" differ.
+T0 = 1_800_000_007.0
+
+
+@pytest.fixture(autouse=True)
+def key_ring(settings, tmp_path, monkeypatch):
+    """Give every test its own key ring, in a fresh directory, mode 0600."""
+    monkeypatch.delenv("MFA_FERNET_KEYS", raising=False)
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir(mode=0o700)
+    settings.MFA_KEYS_DIR = str(keys_dir)
+    crypto.write_ring([crypto.new_key()])
+    yield keys_dir
+    crypto.reload()
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    """Rate-limit counters live in the cache: start every test with none."""
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def clock():
+    """Freeze time at T0; ``clock.shift(seconds)`` moves it."""
+    with time_machine.travel(T0, tick=False) as traveller:
+        yield traveller
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("alice", "alice@example.com", PASSWORD)
+
+
+class Enrolled:
+    """A user with a confirmed TOTP device, their secret and their recovery codes."""
+
+    def __init__(self, user, secret: str, codes: list[str]):
+        self.user = user
+        self.secret = secret
+        self.codes = codes
+
+    def code(self, offset_steps: int = 0) -> str:
+        return totp.code_at(self.secret, totp.step_of(totp.now()) + offset_steps)
+
+    @property
+    def device(self) -> TOTPDevice:
+        return TOTPDevice.objects.get(user=self.user)
+
+
+def enrol(user, secret: str | None = None) -> Enrolled:
+    """Create the rows that a confirmed enrolment creates, without going through the views."""
+    secret = secret or totp.generate_secret()
+    TOTPDevice.objects.create(user=user, encrypted_secret=crypto.encrypt_secret(secret, user.pk))
+    pairs = recovery.generate(10)
+    RecoveryCode.objects.bulk_create(
+        RecoveryCode(user=user, selector=s, code_hash=recovery.hash_verifier(s, v)) for s, v in pairs
+    )
+    return Enrolled(user, secret, [recovery.format_code(s, v) for s, v in pairs])
+
+
+@pytest.fixture
+def user_with_totp(user) -> Enrolled:
+    return enrol(user)
+
+
+def login_password(client, username="alice", password=PASSWORD, **extra):
+    return client.post("/accounts/login/", {"username": username, "password": password, **extra})
+
+
+def full_login(client, enrolled: Enrolled, offset_steps: int = 0):
+    """Log in through both steps; return the response of the second."""
+    response = login_password(client, enrolled.user.get_username())
+    assert response.status_code == 302, response
+    return client.post("/accounts/2fa/verify/", {"code": enrolled.code(offset_steps)})
+
+
+def is_logged_in(client) -> bool:
+    """True if the client's session is fully authenticated (the home page answers 200)."""
+    return client.get("/").status_code == 200
+
+
+def secret_from_setup_page(html: str) -> str:
+    match = re.search(r'id="secret">([A-Z2-7 ]+)<', html)
+    assert match, "the setup page shows the secret as text"
+    return match.group(1).replace(" ", "")
+
+
+def service_reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_services():
+    """Skip (or, under CI, fail) when the real PostgreSQL and Redis are not configured."""
+    if os.environ.get("MFA_TEST_SERVICES"):
+        return
+    if os.environ.get("CI"):
+        pytest.fail("CI must run the PostgreSQL/Redis tests: set MFA_TEST_SERVICES (./run test)")
+    pytest.skip("PostgreSQL and Redis pass only (./run test runs it when both are reachable)")
+
+
+__all__ = [
+    "PASSWORD",
+    "T0",
+    "Enrolled",
+    "enrol",
+    "flows",
+    "full_login",
+    "is_logged_in",
+    "login_password",
+    "require_services",
+    "secret_from_setup_page",
+    "service_reachable",
+]
