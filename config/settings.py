@@ -261,7 +261,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "mfa": {"handlers": ["console"], "level": os.environ.get("MFA_LOG_LEVEL", "INFO"),
-                "propagate": False},
+        "mfa": {
+            "handlers": ["console"],
+            "level": os.environ.get("MFA_LOG_LEVEL", "INFO"),
+            "propagate": False,
+        },
     },
 }

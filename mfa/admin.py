@@ -37,7 +37,9 @@ def reset_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> No
 
 @admin.action(description=_("Unlock the second factor (clear failures and back-off)"))
 def unlock_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
-    count = sum(flows.unlock(getattr(obj, "user", obj), _actor(request), request) for obj in queryset)
+    count = sum(
+        flows.unlock(getattr(obj, "user", obj), _actor(request), request) for obj in queryset
+    )
     modeladmin.message_user(
         request,
         ngettext("Unlocked %d user.", "Unlocked %d users.", count) % count,
@@ -70,8 +72,14 @@ class TOTPDeviceAdmin(admin.ModelAdmin):
     # Deliberately not listed: encrypted_secret, last_used_step.
     fields = ["user", "confirmed_at", "codes_left", "failure_count", "blocked_until", "locked_at"]
     readonly_fields = fields
-    list_display = ["user", "confirmed_at", "codes_left", "failure_count", "blocked_until",
-                    "locked_at"]
+    list_display = [
+        "user",
+        "confirmed_at",
+        "codes_left",
+        "failure_count",
+        "blocked_until",
+        "locked_at",
+    ]
     list_filter = [("locked_at", admin.EmptyFieldListFilter)]
     search_fields = ["user__username", "user__email"]
     actions = [unlock_two_factor, reset_two_factor]
@@ -91,7 +99,7 @@ class TOTPDeviceAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("recovery codes left"), ordering="_codes_left")
     def codes_left(self, obj: TOTPDevice) -> int:
-        return getattr(obj, "_codes_left", None) or flows.unused_code_count(obj.user)
+        return obj._codes_left
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # only the user can enrol, by proving a code

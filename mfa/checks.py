@@ -1,12 +1,12 @@
 """System checks: a broken key ring or a per-process rate limit speaks up before users do.
 
-    mfa.E001  the key ring does not exist
-    mfa.E002  the key ring cannot be read
-    mfa.E003  the key ring holds no key, or an entry that is not a Fernet key
-    mfa.E004  the key ring file can be read or written by other users
-    mfa.E005  the key directory can be written by other users
-    mfa.W010  the per-process in-process cache backs the rate limits of a multi-process server
-    mfa.W011  the admin lets staff in without two-factor authentication (production)
+mfa.E001  the key ring does not exist
+mfa.E002  the key ring cannot be read
+mfa.E003  the key ring holds no key, or an entry that is not a Fernet key
+mfa.E004  the key ring file can be read or written by other users
+mfa.E005  the key directory can be written by other users
+mfa.W010  the per-process in-process cache backs the rate limits of a multi-process server
+mfa.W011  the admin lets staff in without two-factor authentication (production)
 """
 
 import os

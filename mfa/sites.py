@@ -15,6 +15,7 @@ from django.utils.translation import gettext as _
 
 from . import flows
 from .conf import settings
+from .views import safe_next
 
 __all__ = ["AdminSite"]
 
@@ -33,9 +34,9 @@ class AdminSite(admin.AdminSite):
         return super().has_permission(request) and not self.needs_enrolment(request)
 
     def login(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
-        from .views import safe_next
-
-        next_url = request.GET.get(REDIRECT_FIELD_NAME) or reverse("admin:index", current_app=self.name)
+        next_url = request.GET.get(REDIRECT_FIELD_NAME) or reverse(
+            "admin:index", current_app=self.name
+        )
         if request.user.is_authenticated and self.needs_enrolment(request):
             messages.warning(
                 request, _("Set up two-factor authentication before using the admin site.")

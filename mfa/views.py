@@ -3,10 +3,10 @@
 import base64
 import io
 import logging
-from urllib.parse import urlencode
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
 import qrcode
 import qrcode.image.pil
@@ -278,9 +278,7 @@ def _reauth(
     form = ReauthForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
-        if limited := first_limit(
-            request, ("mfa.change.user", str(user.pk), settings.CHANGE_RATE)
-        ):
+        if limited := first_limit(request, ("mfa.change.user", str(user.pk), settings.CHANGE_RATE)):
             return too_many(request, limited)
         status = 400
         if form.is_valid():

@@ -77,7 +77,8 @@ def enrol(user, secret: str | None = None) -> Enrolled:
     TOTPDevice.objects.create(user=user, encrypted_secret=crypto.encrypt_secret(secret, user.pk))
     pairs = recovery.generate(10)
     RecoveryCode.objects.bulk_create(
-        RecoveryCode(user=user, selector=s, code_hash=recovery.hash_verifier(s, v)) for s, v in pairs
+        RecoveryCode(user=user, selector=s, code_hash=recovery.hash_verifier(s, v))
+        for s, v in pairs
     )
     return Enrolled(user, secret, [recovery.format_code(s, v) for s, v in pairs])
 

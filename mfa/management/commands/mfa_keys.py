@@ -171,9 +171,7 @@ class Command(BaseCommand):
         total = max(total, done, 1)
         width = 30
         filled = width * done // total
-        self.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", ending=""
-        )
+        self.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", ending="")
         self.stderr.flush()
 
     def handle_retire(self, key_id: str, **options) -> None:
