@@ -152,6 +152,8 @@ def pending_user(request: HttpRequest) -> tuple[Any, str] | None:
         user is None
         or not user.is_active
         or not constant_time_compare(marker.get("pw", ""), _password_fingerprint(user))
+        # Reset by an administrator meanwhile: start again, the password alone now decides.
+        or not TOTPDevice.objects.filter(user=user).exists()
     ):
         request.session.pop(PENDING_KEY, None)
         return None
@@ -217,7 +219,9 @@ def read_secret(request: HttpRequest | None, user: Any, device: TOTPDevice) -> s
 
 def verify_totp(request: HttpRequest, user: Any, code: str) -> Outcome:
     """Check a normalised 6-digit code and, if right and new, consume its time step."""
-    device = TOTPDevice.objects.get(user=user)
+    device = TOTPDevice.objects.filter(user=user).first()
+    if device is None:
+        return Outcome(Result.INVALID)
     if blocked := _blocked(device):
         return blocked
     secret = read_secret(request, user, device)
@@ -246,7 +250,9 @@ def verify_totp(request: HttpRequest, user: Any, code: str) -> Outcome:
 
 def verify_recovery_code(request: HttpRequest, user: Any, parsed: recovery.ParsedCode) -> Outcome:
     """Check a parsed recovery code with one Argon2 verification and, if right, use it up."""
-    device = TOTPDevice.objects.get(user=user)
+    device = TOTPDevice.objects.filter(user=user).first()
+    if device is None:
+        return Outcome(Result.INVALID)
     if blocked := _blocked(device):
         return blocked
     row = (
