@@ -223,6 +223,7 @@ else:
                 "username": os.environ.get("DJANGO_EMAIL_HOST_USER", ""),
                 "password": os.environ.get("DJANGO_EMAIL_HOST_PASSWORD", ""),
                 "use_tls": env_bool("DJANGO_EMAIL_USE_TLS", False),
+                "use_ssl": env_bool("DJANGO_EMAIL_USE_SSL", False),
                 "timeout": 10,
             },
         }
@@ -237,7 +238,7 @@ USE_TZ = True
 
 # --- Static files ---------------------------------------------------------------------------
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
 # Production serves what `collectstatic` gathered into STATIC_ROOT (the Docker image does that
 # at build time); a checkout without it, such as `./run` or the tests, serves the app folders.
 WHITENOISE_USE_FINDERS = not STATIC_ROOT.is_dir()
@@ -245,8 +246,10 @@ WHITENOISE_AUTOREFRESH = DEBUG or not STATIC_ROOT.is_dir()
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
+        # Hashed, compressed names when `collectstatic` has made its manifest (the image does);
+        # plain names otherwise, so a checkout served without it still works.
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        if not DEBUG and not env_bool("MFA_PLAIN_STATIC", False)
+        if (STATIC_ROOT / "staticfiles.json").is_file() and not env_bool("MFA_PLAIN_STATIC", False)
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }

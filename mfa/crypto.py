@@ -98,11 +98,13 @@ def load_keys() -> list[bytes]:
     return _parse(text.splitlines(), str(path))
 
 
-def write_ring(keys: list[bytes]) -> Path:
+def write_ring(keys: list[bytes], *, create: bool = False) -> Path:
     """Replace the ring file atomically with ``keys`` (primary first), mode 0600.
 
     The new file is written beside the old one and renamed over it, so a crash leaves either
-    the old ring or the new one, never half of either.
+    the old ring or the new one, never half of either. With ``create`` the ring must not exist
+    yet: the file is linked into place, which fails if another process got there first, so two
+    first starts sharing a volume cannot each write a different ring.
     """
     if not keys:
         raise KeyRingError("refusing to write an empty key ring")
@@ -115,7 +117,15 @@ def write_ring(keys: list[bytes]) -> Path:
             handle.write(b"".join(key + b"\n" for key in keys))
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if create:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise KeyRingError(f"{path} already exists") from None
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

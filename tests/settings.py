@@ -14,3 +14,13 @@ from config.settings import *  # noqa: E402, F403
 # for the locmem backend).
 # Audit events go to the database; keep the test output readable.
 LOGGING["loggers"]["mfa"]["level"] = "WARNING"  # noqa: F405
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not Django's default in-memory test database: the concurrency tests run several
+    # threads with their own connections, which must see one database and contend for its
+    # write lock exactly as server processes do.
+    import tempfile
+
+    DATABASES["default"]["TEST"] = {  # noqa: F405
+        "NAME": os.path.join(tempfile.gettempdir(), f"mfa-tests-{os.getpid()}.sqlite3")
+    }

@@ -80,11 +80,12 @@ class Command(BaseCommand):
     def handle_generate(self, **options) -> None:
         self._refuse_env("generate")
         path = crypto.ring_path()
-        if path.exists():
-            raise CommandError(f"{path} already exists; refusing to overwrite a key ring.")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = crypto.new_key()
-        crypto.write_ring([key])
+        try:
+            crypto.write_ring([key], create=True)
+        except crypto.KeyRingError:
+            raise CommandError(f"{path} already exists; refusing to overwrite a key ring.") from None
         self.stdout.write(f"Created {path} (mode 0600) with primary key {crypto.key_id(key)}.")
         self.stdout.write("Back it up apart from the database: without it no user can log in.")
 
