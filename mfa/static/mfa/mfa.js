@@ -2,11 +2,14 @@
 (function () {
   "use strict";
 
-  // Tell the server the browser's time zone, so security events show in local time.
+  // Tell the server the browser's time zone, so security events show in local time. The IANA
+  // name goes in as it is: its characters (letters, digits, "/", "_", "+", "-") are all valid
+  // in a cookie, and the server reads the cookie without URL-decoding it.
   try {
     var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
-    if (zone && document.cookie.indexOf("mfa_tz=" + zone) === -1) {
-      document.cookie = "mfa_tz=" + encodeURIComponent(zone) + "; path=/; SameSite=Lax; max-age=31536000" +
+    if (zone && /^[A-Za-z0-9_+\/-]+$/.test(zone) &&
+        document.cookie.split("; ").indexOf("mfa_tz=" + zone) === -1) {
+      document.cookie = "mfa_tz=" + zone + "; path=/; SameSite=Lax; max-age=31536000" +
         (location.protocol === "https:" ? "; Secure" : "");
     }
   } catch (e) { /* no Intl: UTC it is */ }
@@ -16,18 +19,24 @@
   }
 
   ready(function () {
-    // Copy buttons: shown only when the clipboard can be used.
+    // Focus a field without scrolling the page (the setup page keeps its QR code in view).
+    var focus = document.querySelector("[data-focus]");
+    if (focus && !document.querySelector("[autofocus]")) { focus.focus({ preventScroll: true }); }
+
+    // Copy buttons: shown only when the clipboard can be used. The label says "Copied" for
+    // two seconds, in the page's language (data-done).
     document.querySelectorAll("button.copy[data-copy]").forEach(function (button) {
-      if (!navigator.clipboard) { return; }
+      if (!navigator.clipboard || !window.isSecureContext) { return; }
       button.hidden = false;
       button.addEventListener("click", function () {
         var source = document.querySelector(button.getAttribute("data-copy"));
-        var text = source.querySelectorAll(".recovery-code").length
-          ? Array.prototype.map.call(source.querySelectorAll(".recovery-code"), function (el) { return el.textContent; }).join("\n")
+        var codes = source.querySelectorAll(".recovery-code");
+        var text = codes.length
+          ? Array.prototype.map.call(codes, function (el) { return el.textContent.trim(); }).join("\n") + "\n"
           : source.textContent.replace(/\s+/g, "");
         navigator.clipboard.writeText(text).then(function () {
           var label = button.textContent;
-          button.textContent = button.getAttribute("data-done") || "Copied";
+          button.textContent = button.getAttribute("data-done") || label;
           setTimeout(function () { button.textContent = label; }, 2000);
         });
       });
@@ -46,7 +55,10 @@
       var sent = false;
       input.addEventListener("input", function () {
         var digits = input.value.replace(/[\s-]/g, "");
-        if (!sent && /^[0-9]{6}$/.test(digits)) { sent = true; form.requestSubmit ? form.requestSubmit() : form.submit(); }
+        if (!sent && /^[0-9]{6}$/.test(digits)) {
+          sent = true;
+          if (form.requestSubmit) { form.requestSubmit(); } else { form.submit(); }
+        }
       });
     });
   });
