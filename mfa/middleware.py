@@ -1,6 +1,7 @@
 """Middleware: the second factor cannot be side-stepped, and times show in the user's zone."""
 
 import zoneinfo
+from urllib.parse import unquote
 
 from django.contrib.auth import SESSION_KEY, logout
 from django.http import HttpRequest, HttpResponse
@@ -46,7 +47,7 @@ class UserTimezoneMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        name = request.COOKIES.get(self.COOKIE, "")
+        name = unquote(request.COOKIES.get(self.COOKIE, ""))[:64]
         try:
             timezone.activate(zoneinfo.ZoneInfo(name)) if name else timezone.deactivate()
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):

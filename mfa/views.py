@@ -21,6 +21,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
@@ -214,11 +215,16 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 # --- Enrolment ------------------------------------------------------------------------------
 
 
-def qr_data_uri(uri: str) -> str:
-    image = qrcode.make(uri, image_factory=qrcode.image.pil.PilImage, box_size=8, border=4)
+def qr_data_uri(uri: str) -> tuple[str, int]:
+    """Return the QR code of ``uri`` as a data: URI of a PNG, and its width in pixels.
+
+    Shown at its own size, every module is the same whole number of pixels: crisp to scan.
+    """
+    image = qrcode.make(uri, image_factory=qrcode.image.pil.PilImage, box_size=5, border=4)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    data = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data, image.pixel_size
 
 
 @sensitive_post_parameters("code")
@@ -246,9 +252,13 @@ def setup_view(request: HttpRequest) -> HttpResponse:
                 "code", _("That code does not match. Check the app shows this account's code.")
             )
     uri = totp.provisioning_uri(secret, user.get_username(), settings.ISSUER)
+    qr, qr_size = qr_data_uri(uri)
     context = {
         "form": form,
-        "qr": qr_data_uri(uri),
+        "qr": qr,
+        "qr_size": qr_size,
+        # A phone cannot scan its own screen: it can open the app through the link instead.
+        "otpauth_uri": uri,
         "secret_grouped": totp.group_secret(secret),
         "issuer": settings.ISSUER,
         "account": user.get_username(),
@@ -348,5 +358,11 @@ def security_view(request: HttpRequest) -> HttpResponse:
 def end_sessions_view(request: HttpRequest) -> HttpResponse:
     ended = flows.end_other_sessions(request, request.user)
     request.session.pop(flows.OFFER_END_SESSIONS_KEY, None)
-    messages.success(request, _("Signed out %(count)d other session(s).") % {"count": ended})
+    messages.success(
+        request,
+        ngettext(
+            "Signed out %(count)d other session.", "Signed out %(count)d other sessions.", ended
+        )
+        % {"count": ended},
+    )
     return redirect("mfa:security")
