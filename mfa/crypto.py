@@ -28,8 +28,10 @@ from django.dispatch import receiver
 from .conf import settings
 
 __all__ = [
+    "KeyRing",
     "KeyRingError",
     "UndecryptableSecret",
+    "current",
     "decrypt_secret",
     "encrypt_secret",
     "key_id",
@@ -133,25 +135,83 @@ def write_ring(keys: list[bytes], *, create: bool = False) -> Path:
     return path
 
 
-def _ring() -> tuple[MultiFernet, tuple[Fernet, ...], tuple[bytes, ...]]:
-    # Keyed on the file's identity and mtime, so a long-running server notices `mfa_keys add`
-    # or `retire` at the cost of one stat() per use, without a restart.
-    if os.environ.get(settings.KEYS_ENV, "").strip():
-        signature = ("env", os.environ[settings.KEYS_ENV])
-    else:
+class KeyRing:
+    """The keys of the ring, primary first, and the one place that uses them."""
+
+    def __init__(self, keys: list[bytes]):
+        self.keys = tuple(keys)
+        self._fernets = tuple(Fernet(key) for key in self.keys)
+        self._multi = MultiFernet(self._fernets)
+
+    @property
+    def primary(self) -> bytes:
+        return self.keys[0]
+
+    def encrypt(self, secret: str, user_pk: object) -> str:
+        """Encrypt a base32 TOTP secret for one user under the primary key."""
+        return self._multi.encrypt(_bind(secret, user_pk)).decode("ascii")
+
+    def decrypt(self, token: str, user_pk: object) -> str:
+        """Decrypt a user's secret with whichever key fits, or raise ``UndecryptableSecret``."""
         try:
-            st = ring_path().stat()
-            signature = ("file", str(ring_path()), st.st_ino, st.st_mtime_ns, st.st_size)
-        except OSError:
-            signature = ("file", str(ring_path()), None)
-    return _ring_for(signature)
+            plaintext = self._multi.decrypt(token.encode("ascii"))
+        except (InvalidToken, UnicodeEncodeError):
+            raise UndecryptableSecret("no key in the ring decrypts the secret") from None
+        return _unbind(plaintext, user_pk)
+
+    def decrypting_key(self, token: str) -> bytes | None:
+        """Return the first key that decrypts ``token``, or None."""
+        for fernet, key in zip(self._fernets, self.keys, strict=True):
+            try:
+                fernet.decrypt(token.encode("ascii"))
+            except (InvalidToken, UnicodeEncodeError):
+                continue
+            return key
+        return None
+
+    def reencrypt(self, token: str, user_pk: object) -> str | None:
+        """Return ``token`` re-encrypted under the primary key, or None if it already is.
+
+        The user binding is checked before and kept after: rotation never moves a secret.
+        """
+        raw = token.encode("ascii", "replace")
+        try:
+            plaintext = self._fernets[0].decrypt(raw)
+        except InvalidToken:
+            plaintext = None
+        if plaintext is not None:
+            _unbind(plaintext, user_pk)  # already primary; still refuse a moved secret
+            return None
+        for fernet in self._fernets[1:]:
+            try:
+                plaintext = fernet.decrypt(raw)
+            except InvalidToken:
+                continue
+            return self.encrypt(_unbind(plaintext, user_pk), user_pk)
+        raise UndecryptableSecret("no key in the ring decrypts the secret")
+
+
+def current() -> KeyRing:
+    """Return the ring as it is now, or raise ``KeyRingError``.
+
+    Cached on the file's identity and mtime (or the variable's value), so a long-running
+    server notices `mfa_keys add` or `retire` at the cost of one stat() per call, without a
+    restart. Callers that process many secrets take the ring once.
+    """
+    from_env = os.environ.get(settings.KEYS_ENV, "")
+    if from_env.strip():
+        return _ring_for(("env", from_env))
+    path = str(ring_path())
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _ring_for(("file", path, None))
+    return _ring_for(("file", path, st.st_ino, st.st_mtime_ns, st.st_size))
 
 
 @cache
-def _ring_for(signature: tuple) -> tuple[MultiFernet, tuple[Fernet, ...], tuple[bytes, ...]]:
-    keys = load_keys()
-    fernets = tuple(Fernet(key) for key in keys)
-    return MultiFernet(fernets), fernets, tuple(keys)
+def _ring_for(signature: tuple) -> KeyRing:
+    return KeyRing(load_keys())
 
 
 def reload() -> None:
@@ -179,45 +239,23 @@ def _unbind(plaintext: bytes, user_pk: object) -> str:
 
 def encrypt_secret(secret: str, user_pk: object) -> str:
     """Encrypt a base32 TOTP secret for one user under the primary key."""
-    multi, _, _ = _ring()
-    return multi.encrypt(_bind(secret, user_pk)).decode("ascii")
+    return current().encrypt(secret, user_pk)
 
 
 def decrypt_secret(token: str, user_pk: object) -> str:
     """Decrypt a user's TOTP secret with whichever key fits, or raise ``UndecryptableSecret``."""
     try:
-        multi, _, _ = _ring()
+        ring = current()
     except KeyRingError as exc:
         raise UndecryptableSecret(f"key ring unavailable: {exc}") from None
-    try:
-        plaintext = multi.decrypt(token.encode("ascii"))
-    except (InvalidToken, UnicodeEncodeError):
-        raise UndecryptableSecret("no key in the ring decrypts the secret") from None
-    return _unbind(plaintext, user_pk)
+    return ring.decrypt(token, user_pk)
 
 
 def decrypting_key(token: str) -> bytes | None:
     """Return the first key of the ring that decrypts ``token``, or None."""
-    _, fernets, keys = _ring()
-    for fernet, key in zip(fernets, keys, strict=True):
-        try:
-            fernet.decrypt(token.encode("ascii"))
-        except (InvalidToken, UnicodeEncodeError):
-            continue
-        return key
-    return None
+    return current().decrypting_key(token)
 
 
 def reencrypt(token: str, user_pk: object) -> str | None:
-    """Return ``token`` re-encrypted under the primary key, or None if it already is.
-
-    The user binding is checked before and kept after: rotation never moves a secret.
-    """
-    multi, fernets, _ = _ring()
-    try:
-        fernets[0].decrypt(token.encode("ascii"))
-        return None
-    except InvalidToken:
-        pass
-    secret = decrypt_secret(token, user_pk)
-    return multi.encrypt(_bind(secret, user_pk)).decode("ascii")
+    """Return ``token`` re-encrypted under the primary key, or None if it already is."""
+    return current().reencrypt(token, user_pk)

@@ -16,6 +16,7 @@ The login, as a reviewer should check it:
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -24,7 +25,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth import login as auth_login
 from django.contrib.sessions.backends.base import SessionBase
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
@@ -56,6 +57,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 Kind = SecurityEvent.Kind
 
+OnAccept = Callable[[], None]
+
 PENDING_KEY = "_mfa_pending"
 # How the session was authenticated ("totp", "recovery code", "password"): its presence marks
 # a session made by complete_login (see middleware.SecondFactorMiddleware).
@@ -71,6 +74,7 @@ class Result(Enum):
     REPLAY = "replay"  # a correct code of a step already used (not a guess: not counted)
     BLOCKED = "blocked"  # backed off or locked: not even checked
     UNREADABLE = "unreadable"  # no key decrypts the secret: fail closed
+    GONE = "gone"  # the user has no second factor (any more): reset by an administrator
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ def _password_fingerprint(user: Any) -> str:
     return salted_hmac("mfa.pending-login", user.password, algorithm="sha256").hexdigest()
 
 
+@transaction.atomic
 def begin_pending_login(request: HttpRequest, user: Any, next_url: str) -> None:
     """Remember that ``user`` passed the password step, without logging them in."""
     request.session.cycle_key()
@@ -152,8 +157,6 @@ def pending_user(request: HttpRequest) -> tuple[Any, str] | None:
         user is None
         or not user.is_active
         or not constant_time_compare(marker.get("pw", ""), _password_fingerprint(user))
-        # Reset by an administrator meanwhile: start again, the password alone now decides.
-        or not TOTPDevice.objects.filter(user=user).exists()
     ):
         request.session.pop(PENDING_KEY, None)
         return None
@@ -165,14 +168,18 @@ def abandon_pending_login(request: HttpRequest) -> None:
     request.session.pop(PENDING_KEY, None)
 
 
+@transaction.atomic
 def complete_login(request: HttpRequest, user: Any, method: str) -> None:
-    """Log the user in: the second factor (or no second factor) has been satisfied."""
+    """Log the user in: the second factor (or no second factor) has been satisfied.
+
+    One transaction: the new session, the last-login time, the session's registration and the
+    audit event commit together (one commit instead of five on the login's hot path).
+    """
     request.session.pop(PENDING_KEY, None)
     auth_login(request, user, backend=getattr(user, "backend", None))
     request.session[LOGIN_METHOD_KEY] = method
-    UserSession.objects.get_or_create(
-        session_key=request.session.session_key, defaults={"user": user}
-    )
+    # cycle_key() inside login() made this key just now: it cannot exist yet.
+    UserSession.objects.create(session_key=request.session.session_key, user=user)
     record(request, user, Kind.LOGIN, detail=method)
 
 
@@ -217,11 +224,28 @@ def read_secret(request: HttpRequest | None, user: Any, device: TOTPDevice) -> s
         return None
 
 
-def verify_totp(request: HttpRequest, user: Any, code: str) -> Outcome:
-    """Check a normalised 6-digit code and, if right and new, consume its time step."""
-    device = TOTPDevice.objects.filter(user=user).first()
+def _device(user: Any) -> TOTPDevice | None:
+    return TOTPDevice.objects.filter(user=user).first()
+
+
+def _usable(device_pk: int, now) -> "QuerySet[TOTPDevice]":
+    """The device row, only while it is neither locked nor backed off at ``now``."""
+    return TOTPDevice.objects.filter(pk=device_pk, locked_at__isnull=True).filter(
+        Q(blocked_until__isnull=True) | Q(blocked_until__lte=now)
+    )
+
+
+def verify_totp(
+    request: HttpRequest, user: Any, code: str, on_accept: OnAccept | None = None
+) -> Outcome:
+    """Check a normalised 6-digit code and, if right and new, consume its time step.
+
+    ``on_accept`` runs in the transaction that consumes the code (``complete_login`` for the
+    login), so the code is spent if and only if what it was for happened.
+    """
+    device = _device(user)
     if device is None:
-        return Outcome(Result.INVALID)
+        return Outcome(Result.GONE)
     if blocked := _blocked(device):
         return blocked
     secret = read_secret(request, user, device)
@@ -230,46 +254,73 @@ def verify_totp(request: HttpRequest, user: Any, code: str) -> Outcome:
     step = totp.matching_step(secret, code, totp.now(), settings.VALID_WINDOW)
     if step is None:
         return _failed(request, user, device, "wrong code")
-    now = _now()
     # The replay guard, the back-off and the reset of the failure count in one statement: of
     # any number of requests racing with this code, on any number of processes, exactly one
     # sees a row to update.
-    accepted = (
-        TOTPDevice.objects.filter(pk=device.pk, last_used_step__lt=step, locked_at__isnull=True)
-        .filter(Q(blocked_until__isnull=True) | Q(blocked_until__lte=now))
-        .update(last_used_step=step, failure_count=0, blocked_until=None)
-    )
+    with transaction.atomic():
+        accepted = (
+            _usable(device.pk, _now())
+            .filter(last_used_step__lt=step)
+            .update(last_used_step=step, failure_count=0, blocked_until=None)
+        )
+        if accepted and on_accept is not None:
+            on_accept()
     if accepted:
         return Outcome(Result.OK)
     device.refresh_from_db()
     if blocked := _blocked(device):
         return blocked
+    # A correct code of a step already used: refused, recorded, but not counted as a guess.
     record(request, user, Kind.MFA_FAILED, detail="code already used")
     return Outcome(Result.REPLAY)
 
 
-def verify_recovery_code(request: HttpRequest, user: Any, parsed: recovery.ParsedCode) -> Outcome:
+class _Refused(Exception):
+    """Rolls back a half-done acceptance."""
+
+    def __init__(self, outcome: "Outcome | None" = None):
+        self.outcome = outcome
+
+
+def verify_recovery_code(
+    request: HttpRequest,
+    user: Any,
+    parsed: recovery.ParsedCode,
+    on_accept: OnAccept | None = None,
+) -> Outcome:
     """Check a parsed recovery code with one Argon2 verification and, if right, use it up."""
-    device = TOTPDevice.objects.filter(user=user).first()
+    device = _device(user)
     if device is None:
-        return Outcome(Result.INVALID)
+        return Outcome(Result.GONE)
     if blocked := _blocked(device):
         return blocked
+    # Used codes are kept (until the next regeneration), so a code used a moment ago is found,
+    # verified like any other, and answered as a replay rather than counted as a guess.
     row = (
-        RecoveryCode.objects.filter(user=user, selector=parsed.selector, used_at__isnull=True)
-        .only("pk", "code_hash")
+        RecoveryCode.objects.filter(user=user, selector=parsed.selector)
+        .only("pk", "code_hash", "used_at")
         .first()
     )
     if not recovery.verify(row.code_hash if row else None, parsed):
         return _failed(request, user, device, "wrong recovery code")
     now = _now()
-    with transaction.atomic():
-        used = RecoveryCode.objects.filter(pk=row.pk, used_at__isnull=True).update(used_at=now)
-        if used:
-            # A success, like a TOTP code: the failure budget starts over.
-            TOTPDevice.objects.filter(pk=device.pk).update(failure_count=0, blocked_until=None)
-    if not used:
-        # Another request used this code a moment ago.
+    try:
+        with transaction.atomic():
+            if row.used_at is not None:
+                raise _Refused()
+            # A success, like a TOTP code: the failure budget starts over; but not while the
+            # account is backed off or locked, which may have happened since the check above.
+            if not _usable(device.pk, now).update(failure_count=0, blocked_until=None):
+                device.refresh_from_db()
+                raise _Refused(_blocked(device))
+            # One-time: of any number of requests racing with this code, one updates the row.
+            if not RecoveryCode.objects.filter(pk=row.pk, used_at__isnull=True).update(used_at=now):
+                raise _Refused()
+            if on_accept is not None:
+                on_accept()
+    except _Refused as refused:
+        if refused.outcome is not None:
+            return refused.outcome
         record(request, user, Kind.MFA_FAILED, detail="recovery code already used")
         return Outcome(Result.REPLAY)
     record(request, user, Kind.RECOVERY_USED, detail=f"{unused_code_count(user)} left")

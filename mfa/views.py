@@ -136,7 +136,7 @@ def _code_step(
     user: Any,
     next_url: str,
     form_class: type,
-    check: Callable[[HttpRequest, Any, Any], flows.Outcome],
+    check: Callable[[HttpRequest, Any, Any, flows.OnAccept], flows.Outcome],
     template: str,
     method: str,
 ) -> HttpResponse:
@@ -152,15 +152,24 @@ def _code_step(
             return too_many(request, limited)
         status = 400
         if form.is_valid():
-            outcome = check(request, user, form.cleaned_data["code"])
+            outcome = check(
+                request,
+                user,
+                form.cleaned_data["code"],
+                lambda: flows.complete_login(request, user, method=method),
+            )
             if outcome.ok:
-                flows.complete_login(request, user, method=method)
                 return HttpResponseRedirect(safe_next(request, next_url))
             if outcome.result is Result.BLOCKED:
                 return too_many(request, outcome)
             if outcome.result is Result.UNREADABLE:
                 flows.abandon_pending_login(request)
                 return render(request, "mfa/unreadable.html", status=403)
+            if outcome.result is Result.GONE:
+                # Reset by an administrator since the password step: start again.
+                flows.abandon_pending_login(request)
+                messages.info(request, _("Your sign-in changed meanwhile. Please start again."))
+                return redirect("mfa:login")
             form.add_error("code", _code_error(outcome))
     return render(
         request,
@@ -303,6 +312,9 @@ def _reauth(
                     return too_many(request, outcome)
                 if outcome is not None and outcome.result is Result.UNREADABLE:
                     return render(request, "mfa/unreadable.html", status=403)
+                if outcome is not None and outcome.result is Result.GONE:
+                    messages.info(request, _("Two-factor authentication is off."))
+                    return redirect("mfa:security")
                 form.add_error(None, _("The password or the code is not right."))
     return render(request, template, {"form": form}, status=status)
 
