@@ -322,6 +322,18 @@ def test_user_deactivated_between_steps(client, clock, user_with_totp):
     assert not is_logged_in(client)
 
 
+@pytest.mark.parametrize("path", [VERIFY, "/accounts/2fa/recovery/"])
+def test_second_factor_reset_between_steps_sends_back_to_login(client, clock, user_with_totp, path):
+    from mfa import flows
+
+    login_password(client)
+    code = user_with_totp.code() if path == VERIFY else user_with_totp.codes[0]
+    flows.reset(user_with_totp.user, "admin test")
+    assert_sent_to_login(client.post(path, {"code": code}))
+    assert "_mfa_pending" not in client.session
+    assert not is_logged_in(client)
+
+
 def test_wrong_password_does_not_start_pending(client, clock, user_with_totp):
     response = login_password(client, password="wrong password")
     assert response.status_code == 400
