@@ -22,9 +22,19 @@ def _actor(request: HttpRequest) -> str:
     return f"admin {request.user.get_username()}"
 
 
-@admin.action(description=_("Reset two-factor authentication (the user must enrol again)"))
+@admin.action(
+    description=_("Reset two-factor authentication (the user must enrol again)"),
+    permissions=["change"],
+)
 def reset_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
     users = [getattr(obj, "user", obj) for obj in queryset]
+    if not request.user.is_superuser and any(user.is_superuser for user in users):
+        # Otherwise staff who can change users could strip a superuser's second factor and
+        # take over with a password they know.
+        modeladmin.message_user(
+            request, _("Only a superuser can reset a superuser's second factor."), messages.ERROR
+        )
+        return
     for user in users:
         flows.reset(user, _actor(request), request)
     modeladmin.message_user(
@@ -35,7 +45,10 @@ def reset_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> No
     )
 
 
-@admin.action(description=_("Unlock the second factor (clear failures and back-off)"))
+@admin.action(
+    description=_("Unlock the second factor (clear failures and back-off)"),
+    permissions=["change"],
+)
 def unlock_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
     count = sum(
         flows.unlock(getattr(obj, "user", obj), _actor(request), request) for obj in queryset
@@ -103,6 +116,9 @@ class TOTPDeviceAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # only the user can enrol, by proving a code
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # removing 2FA is the audited, notified "reset" action
 
 
 class TwoFactorUserAdmin(UserAdmin):

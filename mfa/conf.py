@@ -33,6 +33,12 @@ class Settings:
         return getattr(django_settings, "MFA_PENDING_TIMEOUT", 300)
 
     @property
+    def REAUTH_AGE(self) -> int:
+        # Seconds after the last password proof during which the session may add a second
+        # factor without typing the password again ("sudo mode").
+        return getattr(django_settings, "MFA_REAUTH_AGE", 15 * 60)
+
+    @property
     def VALID_WINDOW(self) -> int:
         # Steps of clock skew tolerated either side: T-1, T, T+1 (RFC 6238 section 5.2).
         # A deliberate deviation from ASVS 6.5.5's 30 s, documented in SECURITY.md.

@@ -19,20 +19,23 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from importlib import import_module
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth import login as auth_login
-from django.contrib.sessions.backends.base import SessionBase
+from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
+from django.views.decorators.debug import sensitive_variables
 
-from . import crypto, notify, recovery, throttle, totp
+from . import crypto, notify, recovery, sessions, throttle, totp
 from .conf import settings
-from .models import RecoveryCode, SecurityEvent, TOTPDevice, UserSession
+from .models import RecoveryCode, SecurityEvent, TOTPDevice
 
 __all__ = [
     "Outcome",
@@ -60,9 +63,8 @@ Kind = SecurityEvent.Kind
 OnAccept = Callable[[], None]
 
 PENDING_KEY = "_mfa_pending"
-# How the session was authenticated ("totp", "recovery code", "password"): its presence marks
-# a session made by complete_login (see middleware.SecondFactorMiddleware).
-LOGIN_METHOD_KEY = "_mfa_login_method"
+# When the password was last proved in this session (login or re-authentication).
+AUTH_AT_KEY = "_mfa_auth_at"
 ENROL_KEY = "_mfa_enrol_secret"
 # Set after a factor change, so the security page offers to sign out every other session.
 OFFER_END_SESSIONS_KEY = "_mfa_offer_end_sessions"
@@ -99,7 +101,9 @@ def _now():
 def record(request: HttpRequest | None, user: Any, kind: str, detail: str = "") -> SecurityEvent:
     """Write an audit event, and log it without any secret."""
     ip = throttle.client_ip(request) if request is not None else None
-    agent = request.META.get("HTTP_USER_AGENT", "")[:300] if request is not None else ""
+    agent = request.META.get("HTTP_USER_AGENT", "") if request is not None else ""
+    # Printable only: a NUL byte would make PostgreSQL refuse the row (and the login with it).
+    agent = "".join(ch for ch in agent[:300] if ch.isprintable())
     event = SecurityEvent.objects.create(
         user=user if user is not None and user.pk else None,
         kind=kind,
@@ -133,7 +137,15 @@ def _password_fingerprint(user: Any) -> str:
 @transaction.atomic
 def begin_pending_login(request: HttpRequest, user: Any, next_url: str) -> None:
     """Remember that ``user`` passed the password step, without logging them in."""
-    request.session.cycle_key()
+    if request.user.is_authenticated:
+        # Logging in again from a logged-in session: that session ends here. Cycling its key
+        # instead would keep it logged in under a key that "sign out other sessions" and the
+        # user's other safeguards would not know.
+        sessions.forget(request.session)
+        request.session.flush()
+        request.user = AnonymousUser()
+    else:
+        request.session.cycle_key()
     request.session[PENDING_KEY] = {
         "uid": str(user.pk),
         "backend": user.backend,
@@ -177,10 +189,24 @@ def complete_login(request: HttpRequest, user: Any, method: str) -> None:
     """
     request.session.pop(PENDING_KEY, None)
     auth_login(request, user, backend=getattr(user, "backend", None))
-    request.session[LOGIN_METHOD_KEY] = method
-    # cycle_key() inside login() made this key just now: it cannot exist yet.
-    UserSession.objects.create(session_key=request.session.session_key, user=user)
+    sessions.register(request, user)
+    mark_reauthenticated(request)
     record(request, user, Kind.LOGIN, detail=method)
+
+
+def mark_reauthenticated(request: HttpRequest) -> None:
+    """Note that the user proved their password just now (see ``recently_authenticated``)."""
+    request.session[AUTH_AT_KEY] = int(totp.now())
+
+
+def recently_authenticated(request: HttpRequest) -> bool:
+    """Whether the password was proved within ``MFA_REAUTH_AGE`` seconds in this session.
+
+    Adding a second factor needs it: a stolen, hours-old session must not be able to enrol
+    the thief's authenticator and so lock the owner out of their own account.
+    """
+    at = request.session.get(AUTH_AT_KEY)
+    return isinstance(at, int) and 0 <= totp.now() - at <= settings.REAUTH_AGE
 
 
 # --- Verifying codes ------------------------------------------------------------------------
@@ -209,6 +235,7 @@ def _blocked(device: TOTPDevice) -> Outcome | None:
     return Outcome(Result.BLOCKED, retry_after=limited.retry_after, locked=limited.locked)
 
 
+@sensitive_variables("secret")
 def read_secret(request: HttpRequest | None, user: Any, device: TOTPDevice) -> str | None:
     """Decrypt the user's secret, or log loudly and return None: never let anyone in."""
     try:
@@ -235,6 +262,7 @@ def _usable(device_pk: int, now) -> "QuerySet[TOTPDevice]":
     )
 
 
+@sensitive_variables("secret", "code")
 def verify_totp(
     request: HttpRequest, user: Any, code: str, on_accept: OnAccept | None = None
 ) -> Outcome:
@@ -282,6 +310,7 @@ class _Refused(Exception):
         self.outcome = outcome
 
 
+@sensitive_variables("parsed")
 def verify_recovery_code(
     request: HttpRequest,
     user: Any,
@@ -328,6 +357,7 @@ def verify_recovery_code(
     return Outcome(Result.OK)
 
 
+@sensitive_variables("raw", "code", "parsed")
 def verify_any_code(request: HttpRequest, user: Any, raw: str) -> Outcome | None:
     """Accept either a TOTP code or a recovery code (re-authentication forms).
 
@@ -347,23 +377,37 @@ def unused_code_count(user: Any) -> int:
 # --- Enrolment ------------------------------------------------------------------------------
 
 
-def begin_enrolment(session: SessionBase) -> str:
-    """Return the secret being enrolled, creating it on first use; it lives in the session."""
-    secret = session.get(ENROL_KEY)
-    if not secret:
-        secret = totp.generate_secret()
-        session[ENROL_KEY] = secret
+@sensitive_variables("secret")
+def begin_enrolment(request: HttpRequest, user: Any) -> str:
+    """Return the secret being enrolled, creating it on first use.
+
+    It lives only in the session until a code proves the user has it, and even there it is
+    encrypted and bound to the user (the session table is signed, not encrypted).
+    """
+    token = request.session.get(ENROL_KEY)
+    if token:
+        try:
+            return crypto.decrypt_secret(token, user.pk)
+        except crypto.UndecryptableSecret:
+            pass  # the key was rotated away, or the session was another user's: start over
+    secret = totp.generate_secret()
+    request.session[ENROL_KEY] = crypto.encrypt_secret(secret, user.pk)
     return secret
 
 
+@sensitive_variables("secret", "code", "codes")
 def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] | None:
     """Save the session's secret if ``code`` proves the user has it; return recovery codes.
 
     Returns None if the code is wrong (nothing is written). A user who already has 2FA
     cannot replace it here: ``disable`` first, with the password and a current code.
     """
-    secret = request.session.get(ENROL_KEY)
-    if not secret:
+    token = request.session.get(ENROL_KEY)
+    if not token:
+        return None
+    try:
+        secret = crypto.decrypt_secret(token, user.pk)
+    except crypto.UndecryptableSecret:
         return None
     step = totp.matching_step(secret, code, totp.now(), settings.VALID_WINDOW)
     if step is None:
@@ -372,6 +416,7 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
         device, created = TOTPDevice.objects.get_or_create(
             user=user,
             defaults={
+                # The session's ciphertext is already this user's, under the primary key.
                 "encrypted_secret": crypto.encrypt_secret(secret, user.pk),
                 # The confirming code is spent: it cannot also finish a login.
                 "last_used_step": step,
@@ -387,6 +432,7 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
     return codes
 
 
+@sensitive_variables("pairs")
 def _replace_recovery_codes(user: Any) -> list[str]:
     RecoveryCode.objects.filter(user=user).delete()
     pairs = recovery.generate(settings.RECOVERY_CODE_COUNT)
@@ -397,6 +443,7 @@ def _replace_recovery_codes(user: Any) -> list[str]:
     return [recovery.format_code(s, v) for s, v in pairs]
 
 
+@sensitive_variables("codes")
 def regenerate_recovery_codes(request: HttpRequest, user: Any) -> list[str]:
     """Invalidate every recovery code of the user and return a fresh set (shown once)."""
     with transaction.atomic():
@@ -425,8 +472,13 @@ def disable(request: HttpRequest, user: Any) -> None:
 
 
 def reset(user: Any, actor: str, request: HttpRequest | None = None) -> None:
-    """Administrator's reset: the user must enrol again. Audited and notified."""
+    """Administrator's reset: the user must enrol again. Audited and notified.
+
+    Every session of the user ends too: whoever holds one must log in again (with the password
+    alone now), rather than enrol their own authenticator in a session they may have stolen.
+    """
     _remove(user)
+    sessions.end_all(user, import_module(django_settings.SESSION_ENGINE).SessionStore)
     record(request, user, Kind.ADMIN_RESET, detail=f"by {actor}")
     notify.send(user, Kind.ADMIN_RESET)
 
@@ -447,28 +499,9 @@ def unlock(user: Any, actor: str, request: HttpRequest | None = None) -> bool:
 
 def end_other_sessions(request: HttpRequest, user: Any) -> int:
     """Sign the user out everywhere but here (ASVS 7.4.3); return how many sessions ended."""
-    engine = request.session.__class__
-    current = request.session.session_key
-    others = UserSession.objects.filter(user=user).exclude(session_key=current)
-    ended = 0
-    for entry in others:
-        engine(session_key=entry.session_key).delete()
-        ended += 1
-    others.delete()
+    ended = sessions.end_others(request, user)
     record(request, user, Kind.SESSIONS_ENDED, detail=f"{ended} sessions")
     return ended
-
-
-def other_session_count(request: HttpRequest) -> int:
-    return (
-        UserSession.objects.filter(user=request.user)
-        .exclude(session_key=request.session.session_key)
-        .count()
-    )
-
-
-def forget_session(request: HttpRequest) -> None:
-    UserSession.objects.filter(session_key=request.session.session_key).delete()
 
 
 def _offer_end_sessions(request: HttpRequest) -> None:

@@ -5,7 +5,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import recovery, totp
 
-__all__ = ["CodeForm", "ReauthForm", "RecoveryCodeForm"]
+__all__ = ["CodeForm", "PasswordForm", "ReauthForm", "RecoveryCodeForm"]
 
 # Longer than any code with generous spacing, far shorter than an abuse.
 MAX_INPUT = 64
@@ -69,6 +69,17 @@ class RecoveryCodeForm(forms.Form):
                 code="format",
             )
         return parsed
+
+
+class PasswordForm(forms.Form):
+    """The password again, before a session that is not fresh may add a second factor."""
+
+    password = forms.CharField(
+        label=_("Your password"),
+        max_length=4096,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "autofocus": True}),
+    )
 
 
 class ReauthForm(forms.Form):

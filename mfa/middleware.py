@@ -8,18 +8,20 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 
-from . import flows
+from . import flows, sessions
 
 __all__ = ["SecondFactorMiddleware", "UserTimezoneMiddleware"]
 
 
 class SecondFactorMiddleware:
-    """Log out any session of a 2FA user that did not come through the two-step login.
+    """End sessions that did not come through the two-step login, or were ended elsewhere.
 
-    ``flows.complete_login`` marks the sessions it creates. A session authenticated some other
-    way (Django's stock LoginView mounted by mistake, a password-reset view that logs in, a
-    third-party app) carries no mark; if its user has 2FA it is ended here, before any view
-    runs. Marked sessions cost nothing: the check only queries for unmarked ones.
+    ``flows.complete_login`` registers the sessions it creates (``mfa.sessions``). A session
+    authenticated some other way (Django's stock LoginView mounted by mistake, a
+    password-reset view that logs in, a third-party app) is not registered; if its user has
+    2FA it is ended here, before any view runs. A registered session whose registration was
+    removed ("sign out other sessions", an administrator's reset) is ended too, whatever its
+    key has become since.
     """
 
     def __init__(self, get_response):
@@ -27,14 +29,14 @@ class SecondFactorMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         session = request.session
-        if (
-            session.get(SESSION_KEY) is not None
-            and flows.LOGIN_METHOD_KEY not in session
-            and request.user.is_authenticated
-            and flows.has_2fa(request.user)
-        ):
-            logout(request)
-            return redirect("mfa:login")
+        if session.get(SESSION_KEY) is not None:
+            if sessions.SID_KEY in session:
+                ended = not sessions.is_live(request)
+            else:
+                ended = request.user.is_authenticated and flows.has_2fa(request.user)
+            if ended:
+                logout(request)
+                return redirect("mfa:login")
         return self.get_response(request)
 
 

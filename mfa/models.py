@@ -102,12 +102,18 @@ class SecurityEvent(models.Model):
 
 
 class UserSession(models.Model):
-    """A session created by a completed login, so the user can end the others."""
+    """A session created by a completed login, so that it can be ended from elsewhere.
+
+    ``sid`` is a random id kept inside the session's own data; it survives the session key
+    changing (``cycle_key`` on a password change), and ``session_key`` follows it (see
+    ``mfa.sessions``). A logged-in session whose ``sid`` has no row here has been ended.
+    """
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mfa_sessions"
     )
-    session_key = models.CharField(max_length=40, unique=True)
+    sid = models.CharField(max_length=64, unique=True)
+    session_key = models.CharField(max_length=40, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -6,6 +6,7 @@ the session does not control. A failure to send is logged, never raised: the cha
 has already happened, and the audit trail has it either way.
 """
 
+import datetime
 import logging
 from typing import Any
 
@@ -41,10 +42,12 @@ def send(user: Any, kind: str) -> bool:
         logger.warning("no email address for user %s; notice %s not sent", user.pk, kind)
         return False
     subject = _subjects().get(kind, _("Security notice"))
-    body = render_to_string(
-        "mfa/email/notice.txt",
-        {"user": user, "kind": kind, "subject": subject, "when": timezone.now()},
-    )
+    # In UTC, as the text says, whatever zone the request that caused it had activated.
+    with timezone.override(datetime.UTC):
+        body = render_to_string(
+            "mfa/email/notice.txt",
+            {"user": user, "kind": kind, "subject": subject, "when": timezone.now()},
+        )
     try:
         EmailMessage(subject, body, django_settings.DEFAULT_FROM_EMAIL, [address]).send()
     except Exception:  # SMTP down, refused, ...: the audit trail still has the event

@@ -27,6 +27,7 @@ from .models import TOTPDevice
 
 __all__ = [
     "Limited",
+    "address_key",
     "backoff_seconds",
     "blocked_for",
     "check_rate",
@@ -59,10 +60,27 @@ def client_ip(request: HttpRequest) -> str:
         if len(hops) >= count:
             candidate = hops[-count]
             try:
-                return str(ipaddress.ip_address(candidate))
+                # No scoped addresses (fe80::1%eth0): they fit no database column.
+                if "%" not in candidate:
+                    return str(ipaddress.ip_address(candidate))
             except ValueError:
-                logger.warning("ignoring a malformed %s header", header)
+                pass
+            logger.warning("ignoring a malformed %s header", header)
     return request.META.get("REMOTE_ADDR", "") or "0.0.0.0"
+
+
+def address_key(ip: str) -> str:
+    """Return the rate-limit key of an address: itself for IPv4, its /64 for IPv6.
+
+    One IPv6 host usually holds a whole /64 and can pick a new address per request.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def check_rate(request: HttpRequest, group: str, value: str, rate: str) -> Limited | None:

@@ -3,6 +3,7 @@
 import base64
 import io
 import logging
+import unicodedata
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -26,9 +27,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
-from . import flows, throttle, totp
+from . import crypto, flows, sessions, throttle, totp
 from .conf import settings
-from .forms import CodeForm, ReauthForm, RecoveryCodeForm
+from .forms import CodeForm, PasswordForm, ReauthForm, RecoveryCodeForm
 from .models import SecurityEvent, TOTPDevice
 
 logger = logging.getLogger(__name__)
@@ -103,12 +104,17 @@ def login_view(request: HttpRequest) -> HttpResponse:
     next_url = safe_next(request, request.POST.get("next") or request.GET.get("next"))
     form = AuthenticationForm(request, data=request.POST if request.method == "POST" else None)
     if request.method == "POST":
-        username = str(request.POST.get("username", ""))[:150].casefold()
-        ip = throttle.client_ip(request)
+        # The key is the name the form will authenticate: stripped and NFKC-normalised like
+        # Django's UsernameField, so " alice" or a full-width "ａｌｉｃｅ" count as alice.
+        username = unicodedata.normalize("NFKC", request.POST.get("username", "")[:300].strip())
         if limited := first_limit(
             request,
-            ("mfa.login.ip", ip, settings.LOGIN_IP_RATE),
-            ("mfa.login.user", username, settings.LOGIN_USER_RATE),
+            (
+                "mfa.login.ip",
+                throttle.address_key(throttle.client_ip(request)),
+                settings.LOGIN_IP_RATE,
+            ),
+            ("mfa.login.user", username.casefold(), settings.LOGIN_USER_RATE),
         ):
             return too_many(request, limited)
         if form.is_valid():
@@ -146,7 +152,11 @@ def _code_step(
     if request.method == "POST":
         if limited := first_limit(
             request,
-            ("mfa.code.ip", throttle.client_ip(request), settings.CODE_IP_RATE),
+            (
+                "mfa.code.ip",
+                throttle.address_key(throttle.client_ip(request)),
+                settings.CODE_IP_RATE,
+            ),
             ("mfa.code.user", str(user.pk), settings.CODE_RATE),
         ):
             return too_many(request, limited)
@@ -215,7 +225,6 @@ def recovery_view(request: HttpRequest, user: Any, next_url: str) -> HttpRespons
 def logout_view(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         flows.record(request, request.user, Kind.LOGOUT)
-        flows.forget_session(request)
     flows.abandon_pending_login(request)
     auth_logout(request)
     return redirect(django_settings.LOGOUT_REDIRECT_URL)
@@ -236,7 +245,7 @@ def qr_data_uri(uri: str) -> tuple[str, int]:
     return data, image.pixel_size
 
 
-@sensitive_post_parameters("code")
+@sensitive_post_parameters("code", "password")
 @never_cache
 @login_required
 @GET_POST
@@ -248,7 +257,13 @@ def setup_view(request: HttpRequest) -> HttpResponse:
             _("Two-factor authentication is already on. Turn it off first to use a new app."),
         )
         return redirect("mfa:security")
-    secret = flows.begin_enrolment(request.session)
+    if not flows.recently_authenticated(request):
+        return _confirm_password(request)
+    try:
+        secret = flows.begin_enrolment(request, user)
+    except crypto.KeyRingError:
+        logger.error("two-factor setup unavailable: the key ring cannot be read")
+        return render(request, "mfa/unreadable.html", {"setup": True}, status=503)
     form = CodeForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
@@ -273,6 +288,28 @@ def setup_view(request: HttpRequest) -> HttpResponse:
         "account": user.get_username(),
     }
     return no_store(render(request, "mfa/setup.html", context, status=status))
+
+
+def _confirm_password(request: HttpRequest) -> HttpResponse:
+    """Ask for the password before a session that is not fresh may add a second factor."""
+    posted = request.method == "POST" and "password" in request.POST
+    form = PasswordForm(request.POST if posted else None)
+    if posted:
+        if limited := first_limit(
+            request, ("mfa.change.user", str(request.user.pk), settings.CHANGE_RATE)
+        ):
+            return too_many(request, limited)
+        if form.is_valid() and request.user.check_password(form.cleaned_data["password"]):
+            flows.mark_reauthenticated(request)
+            return redirect("mfa:setup")
+        flows.record(request, request.user, Kind.PASSWORD_FAILED, detail="re-authentication")
+        form.add_error("password", _("That password is not right."))
+    return render(
+        request,
+        "mfa/confirm_password.html",
+        {"form": form},
+        status=400 if request.method == "POST" else 200,
+    )
 
 
 def show_recovery_codes(request: HttpRequest, codes: list[str], enrolled: bool) -> HttpResponse:
@@ -359,7 +396,7 @@ def security_view(request: HttpRequest) -> HttpResponse:
         "codes_left": codes_left,
         "codes_low": device is not None and codes_left <= settings.RECOVERY_CODES_LOW,
         "events": SecurityEvent.objects.filter(user=user)[: settings.EVENTS_SHOWN],
-        "other_sessions": flows.other_session_count(request),
+        "other_sessions": sessions.count_others(request),
         "offer_end_sessions": request.session.get(flows.OFFER_END_SESSIONS_KEY, False),
     }
     return render(request, "mfa/security.html", context)

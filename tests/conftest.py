@@ -104,6 +104,12 @@ def is_logged_in(client) -> bool:
     return client.get("/").status_code == 200
 
 
+def enrolling_secret(client) -> str:
+    """The secret being enrolled in ``client``'s session (kept there encrypted)."""
+    session = client.session
+    return crypto.decrypt_secret(session[flows.ENROL_KEY], session["_auth_user_id"])
+
+
 def secret_from_setup_page(html: str) -> str:
     match = re.search(r'id="secret">([A-Z2-7 ]+)<', html)
     assert match, "the setup page shows the secret as text"
@@ -133,6 +139,7 @@ __all__ = [
     "T0",
     "Enrolled",
     "enrol",
+    "enrolling_secret",
     "flows",
     "full_login",
     "is_logged_in",

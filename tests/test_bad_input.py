@@ -9,7 +9,14 @@ from django.test import Client
 
 from mfa import crypto, flows, totp
 from mfa.models import TOTPDevice
-from tests.conftest import PASSWORD, Enrolled, full_login, is_logged_in, login_password
+from tests.conftest import (
+    PASSWORD,
+    Enrolled,
+    enrolling_secret,
+    full_login,
+    is_logged_in,
+    login_password,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -133,7 +140,7 @@ def test_setup_missing_field(client, setting_up):
 
 @pytest.mark.parametrize("style", ["space", "dash"])
 def test_setup_grouped_correct_code_is_accepted(client, setting_up, style):
-    secret = client.session[flows.ENROL_KEY]
+    secret = enrolling_secret(client)
     code = totp.code_at(secret, totp.step_of(totp.now()))
     response = client.post(SETUP, {"code": grouped(code)[style]})
     # Success answers with the page of fresh recovery codes.
@@ -273,7 +280,7 @@ def test_setup_without_csrf(clock, user):
     data = {"username": "alice", "password": PASSWORD, "csrfmiddlewaretoken": token}
     assert client.post(LOGIN, data).status_code == 302
     assert client.get(SETUP).status_code == 200
-    secret = client.session[flows.ENROL_KEY]
+    secret = enrolling_secret(client)
     response = client.post(SETUP, {"code": totp.code_at(secret, totp.step_of(totp.now()))})
     assert response.status_code == 403
     assert not TOTPDevice.objects.exists()

@@ -14,6 +14,7 @@ from mfa import crypto, flows, totp
 from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice
 from tests.conftest import (
     PASSWORD,
+    enrolling_secret,
     full_login,
     is_logged_in,
     login_password,
@@ -184,7 +185,7 @@ def test_qr_code_holds_the_uri_with_the_session_secret(client, clock, settings):
     get_user_model().objects.create_user(account, "ann@example.com", PASSWORD)
     login_password(client, account)
     html = client.get(SETUP).content.decode()
-    secret = client.session[flows.ENROL_KEY]
+    secret = enrolling_secret(client)
     assert secret_from_setup_page(html) == secret
     data_uri, _ = qr_and_alt(html)
     decoded = decode_qr(data_uri)
@@ -216,7 +217,7 @@ def test_enrolled_user_cannot_replace_the_secret(client, clock, user_with_totp):
     # Plant an enrolment secret in the session and prove it: still refused.
     attacker_secret = totp.generate_secret()
     session = client.session
-    session[flows.ENROL_KEY] = attacker_secret
+    session[flows.ENROL_KEY] = crypto.encrypt_secret(attacker_secret, user_with_totp.user.pk)
     session.save()
     clock.shift(totp.STEP)
     response = client.post(SETUP, {"code": code_now(attacker_secret)})
@@ -234,7 +235,7 @@ def test_confirm_enrolment_itself_refuses_to_replace(rf, clock, user_with_totp):
     request = rf.post(SETUP)
     request.session = SessionStore()
     request.user = user_with_totp.user
-    new_secret = flows.begin_enrolment(request.session)
+    new_secret = flows.begin_enrolment(request, user_with_totp.user)
     before = user_with_totp.device.encrypted_secret
     assert flows.confirm_enrolment(request, user_with_totp.user, code_now(new_secret)) is None
     assert user_with_totp.device.encrypted_secret == before

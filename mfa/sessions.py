@@ -1,0 +1,85 @@
+"""Which sessions a user has, so that they can be ended: "sign out everywhere else", a reset.
+
+Django can end a session only by its key, and the key changes under it (``cycle_key`` when the
+password changes, or when someone logs in again). So each session made by the two-step login
+carries a random ``sid`` in its own data, registered in ``UserSession``. Ending a session
+deletes its row (and the session itself, by its last known key); the middleware logs out any
+logged-in session whose ``sid`` has no row any more, whatever its key has become. The same
+lookup keeps the row's ``session_key`` current and tells the middleware how the session was
+made.
+"""
+
+import secrets
+from typing import Any
+
+from django.contrib.sessions.backends.base import SessionBase
+from django.http import HttpRequest
+
+from .models import UserSession
+
+__all__ = ["SID_KEY", "count_others", "end_all", "end_others", "forget", "is_live", "register"]
+
+# The session's own id, written by register(); its presence marks a session made by the
+# two-step login (see middleware.SecondFactorMiddleware).
+SID_KEY = "_mfa_sid"
+
+
+def register(request: HttpRequest, user: Any) -> None:
+    """Track the session that ``login()`` just made for ``user``."""
+    sid = secrets.token_urlsafe(24)
+    request.session[SID_KEY] = sid
+    UserSession.objects.create(user=user, sid=sid, session_key=request.session.session_key)
+
+
+def is_live(request: HttpRequest) -> bool:
+    """Return whether this session has not been ended elsewhere; keep its key up to date."""
+    sid = request.session.get(SID_KEY)
+    row = UserSession.objects.filter(sid=sid).only("pk", "session_key").first()
+    if row is None:
+        return False
+    key = request.session.session_key
+    if key and row.session_key != key:
+        UserSession.objects.filter(pk=row.pk).update(session_key=key)
+    return True
+
+
+def forget(session: SessionBase) -> None:
+    """Stop tracking a session that is logging out."""
+    if sid := session.get(SID_KEY):
+        UserSession.objects.filter(sid=sid).delete()
+
+
+def _end(engine: type[SessionBase], rows) -> int:
+    ended = 0
+    for row in rows:
+        # Delete the stored session too, so it is gone at once and not only at its next
+        # request; if its key changed since, the middleware still ends it by its sid.
+        engine(session_key=row.session_key).delete()
+        ended += 1
+    rows.delete()
+    return ended
+
+
+def end_others(request: HttpRequest, user: Any) -> int:
+    """End every session of ``user`` except this one; return how many were ended."""
+    others = UserSession.objects.filter(user=user).exclude(sid=request.session.get(SID_KEY))
+    return _end(request.session.__class__, others)
+
+
+def end_all(user: Any, engine: type[SessionBase]) -> int:
+    """End every session of ``user`` (an administrator's reset)."""
+    return _end(engine, UserSession.objects.filter(user=user))
+
+
+def count_others(request: HttpRequest) -> int:
+    """Count the user's other sessions that still exist, forgetting those that expired."""
+    engine = request.session.__class__
+    live = 0
+    for row in UserSession.objects.filter(user=request.user).exclude(
+        sid=request.session.get(SID_KEY)
+    ):
+        if engine().exists(row.session_key):
+            live += 1
+        else:
+            row.delete()
+    return live
