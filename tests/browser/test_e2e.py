@@ -151,7 +151,7 @@ def test_a_recovery_code_signs_in_without_javascript_and_the_count_drops(site, u
     again.get_by_role("button", name="Sign in").click()
     assert path_of(again) == RECOVERY
     assert again.locator("#id_code").get_attribute("aria-invalid") == "true"
-    assert "not right" in described_by_text(again)
+    assert "already been used" in described_by_text(again)
     shot(again, "recovery-login-error")
 
 
