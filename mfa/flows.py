@@ -6,13 +6,16 @@ return a ``Outcome``, so that each view maps the same small set of answers to re
 The login, as a reviewer should check it:
 
 1. ``begin_pending_login``: the password was right and the user has 2FA. The session key is
-   cycled and the session holds only a marker (user id, backend, time, and an HMAC of the
-   password hash). ``login()`` is NOT called: the user stays anonymous.
+   cycled (a logged-in session is ended instead) and the session holds only a marker (user
+   id, backend, time, and an HMAC of the password hash). ``login()`` is NOT called: the user
+   stays anonymous.
 2. ``pending_user``: each second-step request re-reads the marker, and drops it if it has
    expired, the user is gone or inactive, or the password changed meanwhile.
 3. ``verify_totp`` / ``verify_recovery_code``: checks the database back-off, decrypts the
-   secret (failing closed), checks the code, and accepts it with one conditional UPDATE.
-4. ``complete_login``: only now ``login()``, which cycles the session key again.
+   secret (failing closed), checks the code, and consumes it with one conditional UPDATE,
+   in the same transaction as step 4 (``on_accept``).
+4. ``complete_login``: only now ``login()``, which cycles the session key again, and the
+   session is registered so that it can be ended from elsewhere (``mfa.sessions``).
 """
 
 import logging
@@ -38,8 +41,10 @@ from .conf import settings
 from .models import RecoveryCode, SecurityEvent, TOTPDevice
 
 __all__ = [
+    "OnAccept",
     "Outcome",
     "Result",
+    "abandon_pending_login",
     "begin_enrolment",
     "begin_pending_login",
     "complete_login",
@@ -47,11 +52,15 @@ __all__ = [
     "disable",
     "end_other_sessions",
     "has_2fa",
+    "mark_reauthenticated",
     "pending_user",
+    "read_secret",
+    "recently_authenticated",
     "record",
     "regenerate_recovery_codes",
     "reset",
     "unlock",
+    "unused_code_count",
     "verify_any_code",
     "verify_recovery_code",
     "verify_totp",
@@ -188,6 +197,7 @@ def complete_login(request: HttpRequest, user: Any, method: str) -> None:
     audit event commit together (one commit instead of five on the login's hot path).
     """
     request.session.pop(PENDING_KEY, None)
+    sessions.forget(request.session)  # logging in again from a logged-in session
     auth_login(request, user, backend=getattr(user, "backend", None))
     sessions.register(request, user)
     mark_reauthenticated(request)
