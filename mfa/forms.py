@@ -82,15 +82,9 @@ class PasswordForm(forms.Form):
     )
 
 
-class ReauthForm(forms.Form):
+class ReauthForm(PasswordForm):
     """The password again, and a current TOTP code or an unused recovery code."""
 
-    password = forms.CharField(
-        label=_("Password"),
-        max_length=4096,
-        strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "autofocus": True}),
-    )
     code = forms.CharField(
         label=_("Code from your app, or a recovery code"),
         max_length=MAX_INPUT,

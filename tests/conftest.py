@@ -5,6 +5,7 @@ The clock: ``mfa.totp.now`` is the only time source of the TOTP checks, and Djan
 the instant it runs at and moves it forward explicitly, never sleeps.
 """
 
+import logging
 import os
 import re
 import socket
@@ -48,6 +49,19 @@ def clock():
     """Freeze time at T0; ``clock.shift(seconds)`` moves it."""
     with time_machine.travel(T0, tick=False) as traveller:
         yield traveller
+
+
+@pytest.fixture
+def mfa_log(caplog):
+    """Capture the "mfa" logger at DEBUG (it does not propagate to the root logger)."""
+    logger = logging.getLogger("mfa")
+    old_level = logger.level
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.DEBUG)
+    caplog.handler.setLevel(logging.DEBUG)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(old_level)
 
 
 @pytest.fixture

@@ -15,19 +15,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def mfa_log(caplog):
-    """Capture the "mfa" logger at DEBUG (it does not propagate to the root logger)."""
-    logger = logging.getLogger("mfa")
-    old_level = logger.level
-    logger.addHandler(caplog.handler)
-    logger.setLevel(logging.DEBUG)
-    caplog.handler.setLevel(logging.DEBUG)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-    logger.setLevel(old_level)
-
-
-@pytest.fixture
 def bob(db):
     return get_user_model().objects.create_user("bob", "bob@example.com", PASSWORD)
 

@@ -5,7 +5,6 @@ fixed value and the skew edges are exact.
 """
 
 import contextlib
-import logging
 import threading
 from urllib.parse import parse_qs, urlparse
 
@@ -32,19 +31,6 @@ pytestmark = pytest.mark.django_db
 Kind = SecurityEvent.Kind
 VERIFY = "/accounts/2fa/verify/"
 LOGIN = "/accounts/login/"
-
-
-@pytest.fixture
-def mfa_log(caplog):
-    """Capture the "mfa" logger at DEBUG (it does not propagate to the root logger)."""
-    logger = logging.getLogger("mfa")
-    old_level = logger.level
-    logger.addHandler(caplog.handler)
-    logger.setLevel(logging.DEBUG)
-    caplog.handler.setLevel(logging.DEBUG)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-    logger.setLevel(old_level)
 
 
 def wrong_code(enrolled, window: int = 3) -> str:
