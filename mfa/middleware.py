@@ -37,7 +37,13 @@ class SecondFactorMiddleware:
             if ended:
                 logout(request)
                 return redirect("mfa:login")
-        return self.get_response(request)
+        key = session.session_key
+        response = self.get_response(request)
+        if session.session_key != key and sessions.SID_KEY in session:
+            # The key changed during this request (a password change re-keys the session):
+            # the registration follows at once, not only at the session's next request.
+            sessions.follow_key(session)
+        return response
 
 
 class UserTimezoneMiddleware:

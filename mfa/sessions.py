@@ -17,7 +17,16 @@ from django.http import HttpRequest
 
 from .models import UserSession
 
-__all__ = ["SID_KEY", "count_others", "end_all", "end_others", "forget", "is_live", "register"]
+__all__ = [
+    "SID_KEY",
+    "count_others",
+    "end_all",
+    "end_others",
+    "follow_key",
+    "forget",
+    "is_live",
+    "register",
+]
 
 # The session's own id, written by register(); its presence marks a session made by the
 # two-step login (see middleware.SecondFactorMiddleware).
@@ -41,6 +50,11 @@ def is_live(request: HttpRequest) -> bool:
     if key and row.session_key != key:
         UserSession.objects.filter(pk=row.pk).update(session_key=key)
     return True
+
+
+def follow_key(session: SessionBase) -> None:
+    """Record the session's new key in its registration."""
+    UserSession.objects.filter(sid=session.get(SID_KEY)).update(session_key=session.session_key)
 
 
 def forget(session: SessionBase) -> None:

@@ -24,7 +24,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
-from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
 
 from . import crypto, flows, sessions, throttle, totp
@@ -249,6 +249,7 @@ def qr_data_uri(uri: str) -> tuple[str, int]:
 @never_cache
 @login_required
 @GET_POST
+@sensitive_variables("secret", "uri", "qr", "context")
 def setup_view(request: HttpRequest) -> HttpResponse:
     user = request.user
     if TOTPDevice.objects.filter(user=user).exists():
@@ -312,6 +313,7 @@ def _confirm_password(request: HttpRequest) -> HttpResponse:
     )
 
 
+@sensitive_variables("codes", "text", "download", "context")
 def show_recovery_codes(request: HttpRequest, codes: list[str], enrolled: bool) -> HttpResponse:
     """Render fresh codes, once, in the response to the POST that made them."""
     text = "\n".join(codes) + "\n"
@@ -374,6 +376,7 @@ def disable_view(request: HttpRequest) -> HttpResponse:
 @login_required
 @GET_POST
 def regenerate_view(request: HttpRequest) -> HttpResponse:
+    @sensitive_variables("codes")
     def done() -> HttpResponse:
         codes = flows.regenerate_recovery_codes(request, request.user)
         return show_recovery_codes(request, codes, enrolled=False)
