@@ -8,6 +8,6 @@ from . import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("accounts/", include("mfa.urls")),
-    # The admin's own login page is replaced by the two-step flow in mfa.admin_site.
+    # The admin's own login page redirects into the two-step flow (mfa.sites).
     path("admin/", admin.site.urls),
 ]

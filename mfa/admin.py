@@ -117,8 +117,13 @@ class TOTPDeviceAdmin(admin.ModelAdmin):
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # only the user can enrol, by proving a code
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False  # removing 2FA is the audited, notified "reset" action
+    # Deleting a device here (or with its user) is a reset: audited and notified, never silent.
+    def delete_model(self, request: HttpRequest, obj: TOTPDevice) -> None:
+        flows.reset(obj.user, _actor(request), request)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for device in queryset.select_related("user"):
+            flows.reset(device.user, _actor(request), request)
 
 
 class TwoFactorUserAdmin(UserAdmin):

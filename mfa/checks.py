@@ -5,11 +5,13 @@ mfa.E002  the key ring cannot be read
 mfa.E003  the key ring holds no key, or an entry that is not a Fernet key
 mfa.E004  the key ring file can be read or written by other users
 mfa.E005  the key directory can be written by other users
+mfa.E006  a rate setting (MFA_*_RATE) is not a rate django-ratelimit understands
 mfa.W010  the per-process in-process cache backs the rate limits of a multi-process server
 mfa.W011  the admin lets staff in without two-factor authentication (production)
 """
 
 import os
+import re
 import stat
 
 from django.conf import settings as django_settings
@@ -18,7 +20,7 @@ from django.core.checks import Error, Tags, Warning, register
 from . import crypto
 from .conf import settings
 
-__all__ = ["check_key_ring", "check_rate_limit_cache", "check_staff_policy"]
+__all__ = ["check_key_ring", "check_rate_limit_cache", "check_rates", "check_staff_policy"]
 
 LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
 
@@ -70,6 +72,24 @@ def check_key_ring(app_configs=None, **kwargs) -> list:
                 id="mfa.E005",
             )
         )
+    return errors
+
+
+RATE_SETTINGS = ["CODE_RATE", "CODE_IP_RATE", "LOGIN_USER_RATE", "LOGIN_IP_RATE", "CHANGE_RATE"]
+_RATE = re.compile(r"[1-9][0-9]*/[0-9]*[smhd]")
+
+
+@register(Tags.security)
+def check_rates(app_configs=None, **kwargs) -> list:
+    # throttle.check_rate fails open on errors so that a cache outage never blocks logins; a
+    # malformed rate would fail open on every request, so it is refused here instead.
+    errors = []
+    for name in RATE_SETTINGS:
+        value = getattr(settings, name)
+        if not (isinstance(value, str) and _RATE.fullmatch(value)):
+            errors.append(
+                Error(f"MFA_{name} = {value!r} is not a rate such as '5/m'.", id="mfa.E006")
+            )
     return errors
 
 

@@ -17,7 +17,7 @@ class Settings:
 
     @property
     def KEYS_DIR(self) -> Path:
-        # The Fernet key ring lives in files here, outside the database and source control.
+        # The Fernet key ring lives in the file "ring" here, outside the database and git.
         return Path(getattr(django_settings, "MFA_KEYS_DIR", "keys"))
 
     @property
@@ -46,6 +46,7 @@ class Settings:
 
     @property
     def RECOVERY_CODE_COUNT(self) -> int:
+        # Ten, as most services give: enough for years of lost phones, few enough to store.
         return getattr(django_settings, "MFA_RECOVERY_CODE_COUNT", 10)
 
     @property
@@ -117,6 +118,7 @@ class Settings:
 
     @property
     def EVENTS_SHOWN(self) -> int:
+        # How many recent security events the user's security page lists.
         return getattr(django_settings, "MFA_EVENTS_SHOWN", 20)
 
 

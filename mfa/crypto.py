@@ -18,7 +18,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterable
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -33,10 +33,13 @@ __all__ = [
     "UndecryptableSecret",
     "current",
     "decrypt_secret",
+    "decrypting_key",
     "encrypt_secret",
     "key_id",
     "load_keys",
     "new_key",
+    "reencrypt",
+    "reload",
     "ring_path",
     "write_ring",
 ]
@@ -209,7 +212,7 @@ def current() -> KeyRing:
     return _ring_for(("file", path, st.st_ino, st.st_mtime_ns, st.st_size))
 
 
-@cache
+@lru_cache(maxsize=2)  # the ring now, and the one before a change; old keys leave memory
 def _ring_for(signature: tuple) -> KeyRing:
     return KeyRing(load_keys())
 

@@ -1,7 +1,7 @@
 """Every state change of the second factor, each with its audit event and notice.
 
 Views call these and stay thin; nothing here renders a page. The functions that accept a code
-return a ``Outcome``, so that each view maps the same small set of answers to responses.
+return an ``Outcome``, so that each view maps the same small set of answers to responses.
 
 The login, as a reviewer should check it:
 
@@ -11,9 +11,9 @@ The login, as a reviewer should check it:
    stays anonymous.
 2. ``pending_user``: each second-step request re-reads the marker, and drops it if it has
    expired, the user is gone or inactive, or the password changed meanwhile.
-3. ``verify_totp`` / ``verify_recovery_code``: checks the database back-off, decrypts the
-   secret (failing closed), checks the code, and consumes it with one conditional UPDATE,
-   in the same transaction as step 4 (``on_accept``).
+3. ``verify_totp`` / ``verify_recovery_code``: checks the database back-off, checks the code
+   (decrypting the TOTP secret, failing closed; or one Argon2 verification), and consumes it
+   with conditional UPDATEs in the same transaction as step 4 (``on_accept``).
 4. ``complete_login``: only now ``login()``, which cycles the session key again, and the
    session is registered so that it can be ended from elsewhere (``mfa.sessions``).
 """
@@ -85,7 +85,7 @@ class Result(Enum):
     REPLAY = "replay"  # a correct code of a step already used (not a guess: not counted)
     BLOCKED = "blocked"  # backed off or locked: not even checked
     UNREADABLE = "unreadable"  # no key decrypts the secret: fail closed
-    GONE = "gone"  # the user has no second factor (any more): reset by an administrator
+    GONE = "gone"  # no second factor (any more): reset by an admin, or turned off elsewhere
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,8 @@ class Outcome:
 
 
 def _now():
-    # The one clock of this module (Django's timezone.now reads the server's time.time).
+    # The clock of the back-off (Django's timezone.now reads the server's time.time, like
+    # totp.now, which the code checks and the session timestamps use).
     return timezone.now()
 
 
@@ -224,7 +225,10 @@ def recently_authenticated(request: HttpRequest) -> bool:
 
 def _failed(request: HttpRequest, user: Any, device: TOTPDevice, detail: str) -> Outcome:
     now = _now()
-    device = throttle.record_failure(device.pk, now)
+    failure = throttle.record_failure(device.pk, now)
+    if failure is None:
+        return Outcome(Result.GONE)
+    device = failure.device
     record(request, user, Kind.MFA_FAILED, detail=detail)
     if device.failure_count == settings.BACKOFF_AFTER:
         # ASVS 6.3.5: the password was right, the second factor repeatedly wrong.
@@ -235,6 +239,10 @@ def _failed(request: HttpRequest, user: Any, device: TOTPDevice, detail: str) ->
         notify.send(user, Kind.LOCKED)
     elif device.blocked_until is not None and device.failure_count >= settings.BACKOFF_AFTER:
         record(request, user, Kind.BACKOFF, detail=f"{device.failure_count} failures")
+    if failure.refused is not None:
+        # A burst that got past the early check after the back-off began: answered like a
+        # right code in the same burst would be (429), so the answer reveals nothing.
+        return _blocked(device) or Outcome(Result.BLOCKED, retry_after=1)
     return Outcome(Result.INVALID)
 
 
@@ -245,7 +253,7 @@ def _blocked(device: TOTPDevice) -> Outcome | None:
     return Outcome(Result.BLOCKED, retry_after=limited.retry_after, locked=limited.locked)
 
 
-@sensitive_variables("secret")
+@sensitive_variables()
 def read_secret(request: HttpRequest | None, user: Any, device: TOTPDevice) -> str | None:
     """Decrypt the user's secret, or log loudly and return None: never let anyone in."""
     try:
@@ -272,7 +280,7 @@ def _usable(device_pk: int, now) -> "QuerySet[TOTPDevice]":
     )
 
 
-@sensitive_variables("secret", "code")
+@sensitive_variables()
 def verify_totp(
     request: HttpRequest, user: Any, code: str, on_accept: OnAccept | None = None
 ) -> Outcome:
@@ -305,7 +313,9 @@ def verify_totp(
             on_accept()
     if accepted:
         return Outcome(Result.OK)
-    device.refresh_from_db()
+    device = _device(user)
+    if device is None:
+        return Outcome(Result.GONE)
     if blocked := _blocked(device):
         return blocked
     # A correct code of a step already used: refused, recorded, but not counted as a guess.
@@ -320,7 +330,7 @@ class _Refused(Exception):
         self.outcome = outcome
 
 
-@sensitive_variables("parsed")
+@sensitive_variables()
 def verify_recovery_code(
     request: HttpRequest,
     user: Any,
@@ -350,8 +360,8 @@ def verify_recovery_code(
             # A success, like a TOTP code: the failure budget starts over; but not while the
             # account is backed off or locked, which may have happened since the check above.
             if not _usable(device.pk, now).update(failure_count=0, blocked_until=None):
-                device.refresh_from_db()
-                raise _Refused(_blocked(device))
+                device = _device(user)
+                raise _Refused(_blocked(device) if device else Outcome(Result.GONE))
             # One-time: of any number of requests racing with this code, one updates the row.
             if not RecoveryCode.objects.filter(pk=row.pk, used_at__isnull=True).update(used_at=now):
                 raise _Refused()
@@ -367,7 +377,7 @@ def verify_recovery_code(
     return Outcome(Result.OK)
 
 
-@sensitive_variables("raw", "code", "parsed")
+@sensitive_variables()
 def verify_any_code(request: HttpRequest, user: Any, raw: str) -> Outcome | None:
     """Accept either a TOTP code or a recovery code (re-authentication forms).
 
@@ -387,7 +397,7 @@ def unused_code_count(user: Any) -> int:
 # --- Enrolment ------------------------------------------------------------------------------
 
 
-@sensitive_variables("secret")
+@sensitive_variables()
 def begin_enrolment(request: HttpRequest, user: Any) -> str:
     """Return the secret being enrolled, creating it on first use.
 
@@ -405,7 +415,7 @@ def begin_enrolment(request: HttpRequest, user: Any) -> str:
     return secret
 
 
-@sensitive_variables("secret", "code", "codes")
+@sensitive_variables()
 def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] | None:
     """Save the session's secret if ``code`` proves the user has it; return recovery codes.
 
@@ -426,7 +436,7 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
         device, created = TOTPDevice.objects.get_or_create(
             user=user,
             defaults={
-                # The session's ciphertext is already this user's, under the primary key.
+                # Encrypted afresh: the primary key may have changed since enrolment began.
                 "encrypted_secret": crypto.encrypt_secret(secret, user.pk),
                 # The confirming code is spent: it cannot also finish a login.
                 "last_used_step": step,
@@ -442,7 +452,7 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
     return codes
 
 
-@sensitive_variables("pairs")
+@sensitive_variables()
 def _replace_recovery_codes(user: Any) -> list[str]:
     RecoveryCode.objects.filter(user=user).delete()
     pairs = recovery.generate(settings.RECOVERY_CODE_COUNT)
@@ -453,7 +463,7 @@ def _replace_recovery_codes(user: Any) -> list[str]:
     return [recovery.format_code(s, v) for s, v in pairs]
 
 
-@sensitive_variables("codes")
+@sensitive_variables()
 def regenerate_recovery_codes(request: HttpRequest, user: Any) -> list[str]:
     """Invalidate every recovery code of the user and return a fresh set (shown once)."""
     with transaction.atomic():
@@ -511,6 +521,7 @@ def end_other_sessions(request: HttpRequest, user: Any) -> int:
     """Sign the user out everywhere but here (ASVS 7.4.3); return how many sessions ended."""
     ended = sessions.end_others(request, user)
     record(request, user, Kind.SESSIONS_ENDED, detail=f"{ended} sessions")
+    notify.send(user, Kind.SESSIONS_ENDED)
     return ended
 
 

@@ -79,9 +79,10 @@ class SecurityEvent(models.Model):
         SESSIONS_ENDED = "sessions_ended", _("Other sessions signed out")
         LOGOUT = "logout", _("Signed out")
 
+    # SET_NULL: deleting a user keeps their audit trail.
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
-        on_delete=models.CASCADE,
+        on_delete=models.SET_NULL,
         null=True,
         blank=True,
         related_name="mfa_events",

@@ -12,6 +12,7 @@ made.
 import secrets
 from typing import Any
 
+from django.contrib.auth import SESSION_KEY
 from django.contrib.sessions.backends.base import SessionBase
 from django.http import HttpRequest
 
@@ -43,7 +44,12 @@ def register(request: HttpRequest, user: Any) -> None:
 def is_live(request: HttpRequest) -> bool:
     """Return whether this session has not been ended elsewhere; keep its key up to date."""
     sid = request.session.get(SID_KEY)
-    row = UserSession.objects.filter(sid=sid).only("pk", "session_key").first()
+    # The user too: a registration never vouches for another user's session.
+    row = (
+        UserSession.objects.filter(sid=sid, user_id=request.session.get(SESSION_KEY))
+        .only("pk", "session_key")
+        .first()
+    )
     if row is None:
         return False
     key = request.session.session_key

@@ -26,6 +26,7 @@ from .conf import settings
 from .models import TOTPDevice
 
 __all__ = [
+    "Failure",
     "Limited",
     "address_key",
     "backoff_seconds",
@@ -119,14 +120,27 @@ def blocked_for(device: TOTPDevice, now: datetime) -> Limited | None:
     return None
 
 
-def record_failure(device_pk: int, now: datetime) -> TOTPDevice:
-    """Count one failed attempt on the device, atomically, and return the updated row.
+@dataclass(frozen=True)
+class Failure:
+    """A counted failure: the row after it, and whether the account was already refusing."""
+
+    device: TOTPDevice
+    # Set when the row was already backed off or locked as this failure was counted: the
+    # attempt got past the early check while a concurrent one started the back-off.
+    refused: Limited | None
+
+
+def record_failure(device_pk: int, now: datetime) -> Failure | None:
+    """Count one failed attempt on the device, atomically; None if the device is gone.
 
     The row lock (SELECT ... FOR UPDATE on PostgreSQL; an IMMEDIATE transaction on SQLite)
     serialises concurrent failures, so none is lost and each sees the count it produced.
     """
     with transaction.atomic():
-        device = TOTPDevice.objects.select_for_update().get(pk=device_pk)
+        device = TOTPDevice.objects.select_for_update().filter(pk=device_pk).first()
+        if device is None:
+            return None
+        refused = blocked_for(device, now)
         device.failure_count += 1
         delay = backoff_seconds(device.failure_count)
         if delay:
@@ -134,4 +148,4 @@ def record_failure(device_pk: int, now: datetime) -> TOTPDevice:
         if device.failure_count >= settings.LOCKOUT_AFTER and device.locked_at is None:
             device.locked_at = now
         device.save(update_fields=["failure_count", "blocked_until", "locked_at"])
-    return device
+    return Failure(device, refused)

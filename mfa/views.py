@@ -18,7 +18,7 @@ from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
@@ -48,7 +48,7 @@ def safe_next(request: HttpRequest, candidate: str | None) -> str:
         candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):
         return candidate
-    return reverse(django_settings.LOGIN_REDIRECT_URL)
+    return resolve_url(django_settings.LOGIN_REDIRECT_URL)
 
 
 def too_many(request: HttpRequest, limited: throttle.Limited | flows.Outcome) -> HttpResponse:
@@ -227,7 +227,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
         flows.record(request, request.user, Kind.LOGOUT)
     flows.abandon_pending_login(request)
     auth_logout(request)
-    return redirect(django_settings.LOGOUT_REDIRECT_URL)
+    return redirect(django_settings.LOGOUT_REDIRECT_URL or django_settings.LOGIN_URL)
 
 
 # --- Enrolment ------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def qr_data_uri(uri: str) -> tuple[str, int]:
 @never_cache
 @login_required
 @GET_POST
-@sensitive_variables("secret", "uri", "qr", "context")
+@sensitive_variables()
 def setup_view(request: HttpRequest) -> HttpResponse:
     user = request.user
     if TOTPDevice.objects.filter(user=user).exists():

@@ -22,6 +22,7 @@ from django.contrib.sessions.models import Session
 from django.core import mail
 from django.core.signals import got_request_exception
 from django.test import Client
+from django.utils import timezone as django_timezone
 from django.views.debug import ExceptionReporter
 
 from mfa import flows, sessions, throttle, totp, views
@@ -459,26 +460,40 @@ def test_error_during_enrolment_hides_the_new_secret(rf, clock, user, monkeypatc
     assert_hidden(report(request, info), secret, code)
 
 
-# --- 7. A TOTP device cannot be deleted in the admin -----------------------------------------
+# --- 7. Deleting a TOTP device in the admin is an audited reset, and users can be deleted ---
 
 
-def test_totp_device_cannot_be_deleted_in_the_admin(clock, user_with_totp):
+@pytest.mark.parametrize("how", ["delete_view", "delete_selected"])
+def test_deleting_a_totp_device_in_the_admin_is_an_audited_reset(
+    clock, user_with_totp, mailoutbox, how
+):
     admin_user = make_user("root", superuser=True)
     client = logged_in_as(admin_user)
     device = user_with_totp.device
-    delete_url = f"{DEVICES}{device.pk}/delete/"
-    assert client.get(delete_url).status_code == 403
-    assert client.post(delete_url, {"post": "yes"}).status_code == 403
-    assert "delete_selected" not in offered_actions(client, DEVICES)
-    response = client.post(
-        DEVICES,
-        {"action": "delete_selected", "_selected_action": [device.pk], "post": "yes"},
-        follow=True,
-    )
-    assert response.status_code == 200
-    assert TOTPDevice.objects.filter(pk=device.pk).exists()
-    # The audited way still works.
-    assert "reset_two_factor" in offered_actions(client, DEVICES)
+    if how == "delete_view":
+        response = client.post(f"{DEVICES}{device.pk}/delete/", {"post": "yes"})
+    else:
+        data = {"action": "delete_selected", "_selected_action": [device.pk], "post": "yes"}
+        response = client.post(DEVICES, data)
+    assert response.status_code == 302
+    user = user_with_totp.user
+    assert not TOTPDevice.objects.filter(user=user).exists()
+    assert not RecoveryCode.objects.filter(user=user).exists()
+    event = SecurityEvent.objects.get(user=user, kind=SecurityEvent.Kind.ADMIN_RESET)
+    assert event.detail == "by admin root"
+    assert [m.to for m in mailoutbox] == [[user.email]]
+
+
+def test_deleting_a_user_keeps_their_audit_trail(clock, user_with_totp):
+    admin_user = make_user("root", superuser=True)
+    client = logged_in_as(admin_user)
+    user = user_with_totp.user
+    events = SecurityEvent.objects.filter(user=user).count()
+    SecurityEvent.objects.create(user=user, kind=SecurityEvent.Kind.LOGIN)
+    response = client.post(f"/admin/auth/user/{user.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not get_user_model().objects.filter(pk=user.pk).exists()
+    assert SecurityEvent.objects.filter(user=None).count() >= events + 1
 
 
 # --- 8. Control characters in headers do not break the login ---------------------------------
@@ -610,3 +625,93 @@ def test_security_page_does_not_end_a_session_that_just_changed_its_password(clo
     assert phone.post(VERIFY, {"code": user_with_totp.code()}).status_code == 302
     assert phone.get("/accounts/security/").status_code == 200  # counts the other sessions
     assert is_logged_in(mine)
+
+
+# --- Second review: races, a lost key, settings ----------------------------------------------
+
+
+def test_a_burst_past_the_early_check_is_answered_429_for_wrong_codes_too(
+    clock, user_with_totp, monkeypatch
+):
+    # Simulate a request that read the device before a concurrent one started the back-off:
+    # the early check lets it through, and its wrong code is then counted under the row lock.
+    TOTPDevice.objects.filter(user=user_with_totp.user).update(
+        failure_count=5, blocked_until=django_timezone.now() + datetime.timedelta(minutes=1)
+    )
+    monkeypatch.setattr(flows, "_blocked", lambda device: None)
+    client = Client()
+    assert login_password(client).status_code == 302
+    wrong = "000000" if user_with_totp.code() != "000000" else "111111"
+    response = client.post(VERIFY, {"code": wrong})
+    assert response.status_code == 429  # like a right code in the same burst: no oracle
+    assert user_with_totp.device.failure_count == 6  # and it still counts
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_a_device_removed_during_verification_sends_back_to_login(
+    clock, user_with_totp, monkeypatch, right
+):
+    client = Client()
+    assert login_password(client).status_code == 302
+    real_matching_step = flows.totp.matching_step
+
+    def matching_step(secret, code, at, window):
+        TOTPDevice.objects.filter(user=user_with_totp.user).delete()  # reset meanwhile
+        return real_matching_step(secret, code, at, window)
+
+    monkeypatch.setattr(flows.totp, "matching_step", matching_step)
+    code = user_with_totp.code() if right else "000000"
+    response = client.post(VERIFY, {"code": code})
+    assert response.status_code == 302
+    assert response["Location"] == LOGIN
+    assert not is_logged_in(client)
+
+
+def test_a_recovery_code_still_works_when_the_key_is_lost(clock, user_with_totp):
+    from mfa import crypto
+
+    crypto.write_ring([crypto.new_key()])  # the key that encrypted the secret is gone
+    client = Client()
+    assert login_password(client).status_code == 302
+    assert client.post(VERIFY, {"code": user_with_totp.code()}).status_code == 403
+    assert not is_logged_in(client)
+    assert login_password(client).status_code == 302
+    response = client.post("/accounts/2fa/recovery/", {"code": user_with_totp.codes[0]})
+    assert response.status_code == 302
+    assert is_logged_in(client)
+
+
+@pytest.mark.parametrize("rate", ["five/m", "5", "0/m", "5/x", 5])
+def test_a_malformed_rate_setting_is_a_system_check_error(settings, rate):
+    from mfa import checks
+
+    settings.MFA_CODE_RATE = rate
+    assert [error.id for error in checks.check_rates()] == ["mfa.E006"]
+
+
+def test_the_default_rates_pass_the_check():
+    from mfa import checks
+
+    assert checks.check_rates() == []
+
+
+def test_login_redirect_default_of_django_works(client, user, settings):
+    # A project that sets neither LOGIN_REDIRECT_URL nor LOGOUT_REDIRECT_URL.
+    settings.LOGIN_REDIRECT_URL = "/accounts/profile/"
+    settings.LOGOUT_REDIRECT_URL = None
+    response = login_password(client)
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/profile/"
+    response = client.post("/accounts/logout/")
+    assert response.status_code == 302
+    assert response["Location"] == LOGIN
+
+
+def test_signing_out_other_sessions_is_notified(clock, user_with_totp, mailoutbox):
+    here = logged_in_as(user_with_totp)
+    clock.shift(totp.STEP)
+    there = logged_in_as(user_with_totp)
+    response = here.post("/accounts/security/end-sessions/")
+    assert response.status_code == 302
+    assert not is_logged_in(there)
+    assert [m.to for m in mailoutbox] == [[user_with_totp.user.email]]

@@ -168,7 +168,9 @@ def test_backoff_settings_are_honoured(settings):
 def test_record_failure_caps_blocked_until_at_a_day(user_with_totp, clock):
     TOTPDevice.objects.filter(pk=user_with_totp.device.pk).update(failure_count=40)
     now = timezone.now()
-    device = throttle.record_failure(user_with_totp.device.pk, now)
+    failure = throttle.record_failure(user_with_totp.device.pk, now)
+    device = failure.device
+    assert failure.refused is None  # not blocked before this failure
     assert device.failure_count == 41
     assert device.blocked_until == now + timedelta(days=1)
     assert device.locked_at is None
@@ -187,7 +189,9 @@ def test_concurrent_failures_are_all_counted(clock, django_user_model):
     device.refresh_from_db()
     assert device.failure_count == 20
     # Each call saw the count it produced: 1..20, none twice.
-    assert sorted(d.failure_count for d in results) == list(range(1, 21))
+    assert sorted(f.device.failure_count for f in results) == list(range(1, 21))
+    # Those counted once the back-off had begun (after the 5th) say so.
+    assert sorted(f.device.failure_count for f in results if f.refused) == list(range(6, 21))
 
 
 # --- lock-out at 100 ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Everything goes through the time seam: ``code_at(secret, step_of(t))`` and
 ``matching_step(secret, code, at=t)``, never the wall clock.
 """
 
+import base64
 import doctest
 import os
 import shutil
@@ -104,6 +105,20 @@ def test_generated_secret_has_at_least_160_bits():
     assert len(secret) >= 32
     assert set(secret) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
     assert totp.generate_secret() != secret
+
+
+def test_generated_secret_comes_from_the_csprng(monkeypatch):
+    # The secret is the base32 of what secrets.token_bytes (the OS CSPRNG) returned: 20 bytes.
+    asked = []
+
+    def token_bytes(n):
+        asked.append(n)
+        return bytes(range(n))
+
+    monkeypatch.setattr(totp.secrets, "token_bytes", token_bytes)
+    secret = totp.generate_secret()
+    assert asked == [20]
+    assert base64.b32decode(secret + "=" * (-len(secret) % 8)) == bytes(range(20))
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@
 
   // Tell the server the browser's time zone, so security events show in local time. The IANA
   // name goes in as it is: its characters (letters, digits, "/", "_", "+", "-") are all valid
-  // in a cookie, and the server reads the cookie without URL-decoding it.
+  // in a cookie, so nothing needs encoding (the server URL-decodes it anyway).
   try {
     var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
     if (zone && /^[A-Za-z0-9_+\/-]+$/.test(zone) &&
