@@ -190,7 +190,7 @@ def abandon_pending_login(request: HttpRequest) -> None:
     request.session.pop(PENDING_KEY, None)
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # nested in the code's acceptance: no savepoint needed
 def complete_login(request: HttpRequest, user: Any, method: str) -> None:
     """Log the user in: the second factor (or no second factor) has been satisfied.
 

@@ -37,11 +37,12 @@ class SecondFactorMiddleware:
             if ended:
                 logout(request)
                 return redirect("mfa:login")
-        key = session.session_key
+        key, sid = session.session_key, session.get(sessions.SID_KEY)
         response = self.get_response(request)
-        if session.session_key != key and sessions.SID_KEY in session:
+        if sid is not None and session.session_key != key and session.get(sessions.SID_KEY) == sid:
             # The key changed during this request (a password change re-keys the session):
-            # the registration follows at once, not only at the session's next request.
+            # the registration follows at once, not only at the session's next request. (A
+            # login registers a new sid with the new key itself.)
             sessions.follow_key(session)
         return response
 
