@@ -287,6 +287,7 @@ def setup_view(request: HttpRequest) -> HttpResponse:
         "secret_grouped": totp.group_secret(secret),
         "issuer": settings.ISSUER,
         "account": user.get_username(),
+        "code_count": settings.RECOVERY_CODE_COUNT,
     }
     return no_store(render(request, "mfa/setup.html", context, status=status))
 
