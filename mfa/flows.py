@@ -132,7 +132,8 @@ def record(request: HttpRequest | None, user: Any, kind: str, detail: str = "") 
 
 
 def has_2fa(user: Any) -> bool:
-    return user.is_authenticated and TOTPDevice.objects.filter(user=user).exists()
+    """Whether ``user`` has a confirmed second factor."""
+    return user.pk is not None and TOTPDevice.objects.filter(user=user).exists()
 
 
 # --- The pending login ----------------------------------------------------------------------

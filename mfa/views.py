@@ -119,7 +119,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
             return too_many(request, limited)
         if form.is_valid():
             user = form.get_user()
-            if TOTPDevice.objects.filter(user=user).exists():
+            if flows.has_2fa(user):
                 flows.begin_pending_login(request, user, next_url)
                 return redirect_with_next("mfa:verify", next_url)
             flows.complete_login(request, user, method="password")
@@ -252,7 +252,7 @@ def qr_data_uri(uri: str) -> tuple[str, int]:
 @sensitive_variables()
 def setup_view(request: HttpRequest) -> HttpResponse:
     user = request.user
-    if TOTPDevice.objects.filter(user=user).exists():
+    if flows.has_2fa(user):
         messages.info(
             request,
             _("Two-factor authentication is already on. Turn it off first to use a new app."),
@@ -331,7 +331,7 @@ def _reauth(
 ) -> HttpResponse:
     """Ask for the password and a code again, even in a logged-in session."""
     user = request.user
-    if not TOTPDevice.objects.filter(user=user).exists():
+    if not flows.has_2fa(user):
         messages.info(request, _("Two-factor authentication is off."))
         return redirect("mfa:security")
     form = ReauthForm(request.POST if request.method == "POST" else None)

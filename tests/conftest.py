@@ -8,8 +8,6 @@ the instant it runs at and moves it forward explicitly, never sleeps.
 import logging
 import os
 import re
-import socket
-from urllib.parse import urlparse
 
 import pytest
 import time_machine
@@ -130,15 +128,6 @@ def secret_from_setup_page(html: str) -> str:
     return match.group(1).replace(" ", "")
 
 
-def service_reachable(url: str, default_port: int) -> bool:
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or default_port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def require_services():
     """Skip (or, under CI, fail) when the real PostgreSQL and Redis are not configured."""
     if os.environ.get("MFA_TEST_SERVICES"):
@@ -154,11 +143,9 @@ __all__ = [
     "Enrolled",
     "enrol",
     "enrolling_secret",
-    "flows",
     "full_login",
     "is_logged_in",
     "login_password",
     "require_services",
     "secret_from_setup_page",
-    "service_reachable",
 ]
