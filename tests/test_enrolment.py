@@ -39,10 +39,10 @@ def qr_and_alt(html: str) -> tuple[str, str]:
 def decode_qr(data_uri: str) -> str:
     png = base64.b64decode(data_uri.split(",", 1)[1])
     image = Image.open(io.BytesIO(png))
-    # zxing-cpp now and then reports one symbol twice (about 1 image in 2,000): count texts.
-    texts = {barcode.text for barcode in zxingcpp.read_barcodes(image)}
-    assert len(texts) == 1, "exactly one readable QR code"
-    return texts.pop()
+    # QR codes only: about 1 image in 2,000 also yields a spurious Codabar read otherwise.
+    barcodes = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
+    assert len(barcodes) == 1, "exactly one readable QR code"
+    return barcodes[0].text
 
 
 def code_now(secret: str, offset: int = 0) -> str:
