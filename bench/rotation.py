@@ -13,13 +13,12 @@ child process, measured three ways:
 Before the rotation, ``KeyRing.reencrypt`` alone is timed on up to 20,000 of the stored
 secrets, in memory, with nothing written: the crypto floor, i.e. what the command would reach
 if the database cost nothing. ``--profile`` adds a cProfile run of one more rotation and
-prints where the time goes. ``--compare-unnest`` (PostgreSQL) times one more rotation by
-``unnest_rotate`` below, the command's loop with one set-based UPDATE per batch instead of
-``executemany``: a measurement of a suggested change, not a tool.
+prints where the time goes (on PostgreSQL only the reading and encrypting thread: cProfile does
+not see the thread that writes the batches).
 
     .venv/bin/python bench/rotation.py [--users 100000] [--batch-size 1000]
         [--database-url postgres://postgres@127.0.0.1:5432/postgres] [--skip-sqlite]
-        [--tracemalloc] [--profile] [--compare-unnest]
+        [--tracemalloc] [--profile]
         [--json bench/results/rotation.json]
 
 The PostgreSQL URL names a maintenance database: a fresh database ``mfa_bench_*`` is created
@@ -96,49 +95,6 @@ def child_floor(limit: int) -> dict:
     return {"floor_rows": len(rows), "floor_seconds": seconds, "floor_cpu_seconds": cpu}
 
 
-def unnest_rotate(batch_size: int) -> int:
-    """``mfa_keys rotate`` with one set-based UPDATE per batch (PostgreSQL); return the count.
-
-    The same snapshot of the ring, keyset pagination, row locks, per-batch transactions and
-    user-binding check as the command; only the write differs: ``UPDATE ... FROM unnest(ids,
-    tokens)`` is one statement that PostgreSQL parses, plans and executes once per batch,
-    where ``executemany`` sends (pipelined) one UPDATE per row.
-    """
-    from django.db import connection, transaction
-
-    from mfa import crypto
-    from mfa.models import TOTPDevice
-
-    ring = crypto.current()
-    table = connection.ops.quote_name(TOTPDevice._meta.db_table)
-    update = (
-        f"UPDATE {table} AS d SET encrypted_secret = v.token "
-        "FROM unnest(%s::bigint[], %s::text[]) AS v(id, token) WHERE d.id = v.id"
-    )
-    last_pk = rotated = 0
-    while True:
-        with transaction.atomic():
-            batch = list(
-                TOTPDevice.objects.select_for_update()
-                .filter(pk__gt=last_pk)
-                .order_by("pk")
-                .values_list("pk", "user_id", "encrypted_secret")[:batch_size]
-            )
-            if not batch:
-                return rotated
-            ids, tokens = [], []
-            for pk, user_pk, token in batch:
-                new_token = ring.reencrypt(token, user_pk)
-                if new_token is not None:
-                    ids.append(pk)
-                    tokens.append(new_token)
-            if ids:
-                with connection.cursor() as cursor:
-                    cursor.execute(update, [ids, tokens])
-        last_pk = batch[-1][0]
-        rotated += len(ids)
-
-
 def child_rotate(batch_size: int, mode: str) -> dict:
     import resource
 
@@ -183,10 +139,6 @@ def child_rotate(batch_size: int, mode: str) -> dict:
         stats = pstats.Stats(profiler, stream=text)
         stats.sort_stats("cumulative").print_stats(25)
         result["profile_cumulative"] = text.getvalue()
-    elif mode == "unnest":
-        started = time.perf_counter()
-        result["rotated"] = unnest_rotate(batch_size)
-        result["seconds"] = time.perf_counter() - started
     else:
         import io
 
@@ -264,13 +216,6 @@ def run_case(kind: str, users: int, args) -> dict:
                 traced = run_child(site, "_rotate", str(args.batch_size), "tracemalloc")
                 case["tracemalloc_peak_bytes"] = traced["tracemalloc_peak_bytes"]
                 case["all_on_primary"] &= traced["sample_on_primary"]
-            if kind == "postgresql" and args.compare_unnest:
-                site.manage("mfa_keys", "add")
-                unnest = run_child(site, "_rotate", str(args.batch_size), "unnest")
-                if unnest["rotated"] != users or not unnest["sample_on_primary"]:
-                    raise RuntimeError(f"unnest variant rotated {unnest['rotated']} of {users}")
-                case["unnest_secrets_per_second"] = users / unnest["seconds"]
-                case["unnest_secrets_per_cpu_second"] = users / unnest["cpu_seconds"]
             if args.profile and users == max(args.sizes):
                 site.manage("mfa_keys", "add")
                 profiled = run_child(site, "_rotate", str(args.batch_size), "profile")
@@ -300,11 +245,6 @@ def main() -> None:
     parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument("--tracemalloc", action="store_true", help="also trace allocations")
     parser.add_argument("--profile", action="store_true", help="cProfile the largest rotation")
-    parser.add_argument(
-        "--compare-unnest",
-        action="store_true",
-        help="PostgreSQL: also time one UPDATE ... FROM unnest() per batch (a suggested change)",
-    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if not 1 <= args.users <= MAX_USERS:
@@ -322,7 +262,7 @@ def main() -> None:
     print(f"\nmfa_keys rotate --batch-size {args.batch_size}, load {os.getloadavg()[0]:.1f}")
     print(
         f"{'database':<11}{'users':>8}{'secrets/s':>11}{'seconds':>9}{'RSS +MiB':>10}"
-        f"{'traced MiB':>12}{'per CPU-s':>11}{'floor/CPU-s':>13}{'unnest/s':>10}  goal 10000/s"
+        f"{'traced MiB':>12}{'per CPU-s':>11}{'floor/CPU-s':>13}  goal 10000/s"
     )
     for c in cases:
         traced = c.get("tracemalloc_peak_bytes")
@@ -331,8 +271,7 @@ def main() -> None:
             f"{c['seconds']:>9.1f}{c['maxrss_growth_kib'] / 1024:>10.1f}"
             f"{traced / 2**20 if traced else float('nan'):>12.1f}"
             f"{c['secrets_per_cpu_second']:>11.0f}"
-            f"{c['floor_secrets_per_cpu_second']:>13.0f}"
-            f"{c.get('unnest_secrets_per_second', float('nan')):>10.0f}  "
+            f"{c['floor_secrets_per_cpu_second']:>13.0f}  "
             f"{'met' if c['secrets_per_second'] >= 10_000 else 'NOT met'}"
         )
     if args.json:

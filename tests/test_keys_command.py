@@ -11,9 +11,10 @@ import stat
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import CommandError, call_command
+from django.db import DatabaseError, connection
 from django.test import Client
 
-from mfa import crypto
+from mfa import crypto, rotation
 from mfa.models import TOTPDevice
 from tests.conftest import PASSWORD, enrol, full_login, is_logged_in
 
@@ -232,6 +233,114 @@ def test_rotate_interrupted_after_a_batch_then_resumed(django_user_model, clock,
 def test_rotate_rejects_a_bad_batch_size():
     with pytest.raises(CommandError):
         keys("rotate", "--batch-size", "0")
+
+
+# --- rotation with committed batches -------------------------------------------------------
+#
+# Outside a transaction, on PostgreSQL, the rotation writes each batch from a second thread on
+# its own connection while it encrypts the next (mfa/rotation.py); elsewhere it reads, encrypts
+# and writes each batch in one locked transaction. These tests commit for real, so pass 2 of
+# `./run test` (PostgreSQL) runs the overlapped writer and pass 1 (SQLite) the in-place loop.
+
+
+@pytest.fixture
+def rotation_paths(monkeypatch):
+    """Record which rotation loop ran."""
+    taken = []
+    for name in ("_rotate_overlapped", "_rotate_in_place"):
+        real = getattr(rotation, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            taken.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(rotation, name, spy)
+    return taken
+
+
+def expected_path() -> str:
+    return "_rotate_overlapped" if connection.vendor == "postgresql" else "_rotate_in_place"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_committed_rotation_keeps_everyone_logging_in(django_user_model, clock, rotation_paths):
+    users = make_users(django_user_model, [f"user{i}" for i in range(7)])
+    keys("add")
+    new = ring_ids()[0]
+    out, _ = keys("rotate", "--batch-size", "3")
+    assert rotation_paths == [expected_path()]
+    assert "Rotated 7" in out and "0 already used it" in out
+    assert {encrypting_key_id(u) for u in users} == {new}
+    for enrolled in users:
+        assert crypto.decrypt_secret(enrolled.device.encrypted_secret, enrolled.user.pk) == (
+            enrolled.secret
+        )
+    everyone_logs_in(users, clock)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rotation_never_overwrites_a_secret_changed_meanwhile(
+    django_user_model, clock, monkeypatch, rotation_paths
+):
+    """A user who enrols again while their row is being rotated keeps the new authenticator."""
+    users = make_users(django_user_model, ["u1", "u2", "u3", "u4"])
+    keys("add")
+    new = ring_ids()[0]
+    victim = users[1]
+    fresh_secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+    real_reencrypt = crypto.KeyRing.reencrypt
+
+    def enrol_again_while_read(self, token, user_pk):
+        if user_pk == victim.user.pk:
+            # A concurrent re-enrolment commits a new secret after the rotation read the row
+            # and before it writes it back.
+            TOTPDevice.objects.filter(user=victim.user).update(
+                encrypted_secret=crypto.encrypt_secret(fresh_secret, user_pk)
+            )
+        return real_reencrypt(self, token, user_pk)
+
+    monkeypatch.setattr(crypto.KeyRing, "reencrypt", enrol_again_while_read)
+    out, err = keys("rotate", "--batch-size", "2")
+    assert rotation_paths == [expected_path()]
+    # Three rewritten; the victim's row, read again, already holds a secret under the primary.
+    assert "Rotated 3" in out and "1 already used it" in out, out
+    assert "kept changing" not in err
+    assert crypto.decrypt_secret(victim.device.encrypted_secret, victim.user.pk) == fresh_secret
+    assert {encrypting_key_id(u) for u in users} == {new}
+    victim.secret = fresh_secret
+    everyone_logs_in(users, clock)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_committed_rotation_stops_on_a_failed_write_and_resumes(
+    django_user_model, clock, monkeypatch, rotation_paths
+):
+    users = make_users(django_user_model, ["u1", "u2", "u3", "u4", "u5"])
+    (old,) = ring_ids()
+    keys("add")
+    new = ring_ids()[0]
+    real_write = rotation._write
+    writes = []
+
+    def fail_second_write(*args, **kwargs):
+        writes.append(1)
+        if len(writes) == 2:
+            raise DatabaseError("connection lost")
+        return real_write(*args, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.raises(DatabaseError, match="connection lost"):
+        patch.setattr(rotation, "_write", fail_second_write)
+        keys("rotate", "--batch-size", "2")
+    assert rotation_paths == [expected_path()]
+    by_pk = sorted(users, key=lambda u: u.device.pk)
+    # The first batch committed; the failed one and everything after it are untouched.
+    assert [encrypting_key_id(u) for u in by_pk] == [new, new, old, old, old]
+    everyone_logs_in(users, clock)
+
+    out, _ = keys("rotate", "--batch-size", "2")
+    assert "Rotated 3" in out and "2 already used it" in out
+    assert {encrypting_key_id(u) for u in users} == {new}
+    everyone_logs_in(users, clock)
 
 
 # --- status ---------------------------------------------------------------------------------

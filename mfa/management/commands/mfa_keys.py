@@ -10,9 +10,8 @@ import os
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connection, transaction
 
-from mfa import crypto
+from mfa import crypto, rotation
 from mfa.conf import settings
 from mfa.models import TOTPDevice
 
@@ -132,56 +131,27 @@ class Command(BaseCommand):
         # One snapshot of the ring for the whole run: the primary cannot change mid-way.
         ring = self._ring()
         total = TOTPDevice.objects.count()
-        done = rotated = 0
-        failed: list[int] = []
-        last_pk = 0
-        table = connection.ops.quote_name(TOTPDevice._meta.db_table)
-        column = connection.ops.quote_name("encrypted_secret")
-        pk_column = connection.ops.quote_name(TOTPDevice._meta.pk.column)
-        update = f"UPDATE {table} SET {column} = %s WHERE {pk_column} = %s"
-        # Keyset pagination by primary key: constant memory, and each batch is its own
-        # transaction, with its rows locked, so a run killed at any point leaves every row
-        # either old (still decryptable by an old key) or new, and no concurrent enrolment or
-        # reset is overwritten. Running again finishes the rest; rows already under the primary
-        # are skipped, so a second run is cheap and changes nothing.
-        while True:
-            with transaction.atomic():
-                batch = list(
-                    TOTPDevice.objects.select_for_update()
-                    .filter(pk__gt=last_pk)
-                    .order_by("pk")
-                    .values_list("pk", "user_id", "encrypted_secret")[:batch_size]
-                )
-                if not batch:
-                    break
-                changes = []
-                for pk, user_pk, token in batch:
-                    try:
-                        new_token = ring.reencrypt(token, user_pk)
-                    except crypto.UndecryptableSecret:
-                        failed.append(user_pk)
-                        continue
-                    if new_token is not None:
-                        changes.append((new_token, pk))
-                if changes:
-                    # One statement per batch: bulk_update's CASE WHEN per row costs far more
-                    # in Python than the encryption itself.
-                    with connection.cursor() as cursor:
-                        cursor.executemany(update, changes)
-            last_pk = batch[-1][0]
-            done += len(batch)
-            rotated += len(changes)
-            self._progress(done, total)
+        tally = rotation.rotate(
+            ring, batch_size=batch_size, progress=lambda done: self._progress(done, total)
+        )
         self.stderr.write("")
         self.stdout.write(
-            f"Rotated {rotated} secret(s) to primary key {crypto.key_id(ring.primary)}; "
-            f"{done - rotated - len(failed)} already used it."
+            f"Rotated {tally.rotated} secret(s) to primary key {crypto.key_id(ring.primary)}; "
+            f"{tally.current} already used it."
         )
-        if failed:
+        if tally.changed:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"{tally.changed} secret(s) kept changing during the rotation (enrolments or "
+                    "resets); run `mfa_keys rotate` again to take them."
+                )
+            )
+        if tally.failed:
+            named = ", ".join(map(str, tally.failed_users))
+            more = "..." if tally.failed > len(tally.failed_users) else ""
             raise CommandError(
-                f"{len(failed)} secret(s) could not be decrypted by any key (users "
-                f"{', '.join(map(str, failed[:20]))}{'...' if len(failed) > 20 else ''}); "
-                "see `mfa_keys status`."
+                f"{tally.failed} secret(s) could not be decrypted by any key (users "
+                f"{named}{more}); see `mfa_keys status`."
             )
 
     def _progress(self, done: int, total: int) -> None:
