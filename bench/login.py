@@ -437,7 +437,7 @@ def child_profile() -> dict:
     probe.time(middleware.SecondFactorMiddleware, "__call__", "  SecondFactorMiddleware + inner")
     probe.time(sessions, "is_live", "  sessions.is_live (middleware)")
     probe.time(Argon2PasswordHasher, "verify", "Argon2 verify")
-    probe.time(throttle, "check_rate", "rate-limit check (django-ratelimit)")
+    probe.time(throttle, "check_rates", "rate-limit counters (one Redis round trip)")
     probe.time(redis.Redis, "execute_command", "Redis commands")
     probe.time(redis.Redis, "__init__", "Redis client created")
     probe.time(SessionBase, "cycle_key", "session cycle_key")

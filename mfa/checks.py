@@ -5,7 +5,7 @@ mfa.E002  the key ring cannot be read
 mfa.E003  the key ring holds no key, or an entry that is not a Fernet key
 mfa.E004  the key ring file can be read or written by other users
 mfa.E005  the key directory can be written by other users
-mfa.E006  a rate setting (MFA_*_RATE) is not a rate django-ratelimit understands
+mfa.E006  a rate setting (MFA_*_RATE) is not a rate such as 5/m or 100/15m
 mfa.W010  the per-process in-process cache backs the rate limits of a multi-process server
 mfa.W011  the admin lets staff in without two-factor authentication (production)
 """
@@ -76,12 +76,12 @@ def check_key_ring(app_configs=None, **kwargs) -> list:
 
 
 RATE_SETTINGS = ["CODE_RATE", "CODE_IP_RATE", "LOGIN_USER_RATE", "LOGIN_IP_RATE", "CHANGE_RATE"]
-_RATE = re.compile(r"[1-9][0-9]*/[0-9]*[smhd]")
+_RATE = re.compile(r"[1-9][0-9]*/([1-9][0-9]*)?[smhd]")
 
 
 @register(Tags.security)
 def check_rates(app_configs=None, **kwargs) -> list:
-    # throttle.check_rate fails open on errors so that a cache outage never blocks logins; a
+    # throttle.check_rates fails open on errors so that a cache outage never blocks logins; a
     # malformed rate would fail open on every request, so it is refused here instead.
     errors = []
     for name in RATE_SETTINGS:

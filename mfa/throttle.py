@@ -1,8 +1,9 @@
 """The two layers that make guessing hopeless: request rates, and the database back-off.
 
-1. Request rates (django-ratelimit counters in the cache): how many attempts per minute one
+1. Request rates (counters in the cache, in fixed windows): how many attempts per minute one
    account, one username or one address may make. Cheap, shared by every process when the
-   cache is Redis, and forgotten when the cache is flushed.
+   cache is Redis, and forgotten when the cache is flushed. On Redis every counter of a
+   request is counted in one round trip; any other cache is counted by django-ratelimit.
 2. Consecutive failures, on the user's ``TOTPDevice`` row: after ``MFA_BACKOFF_AFTER`` of them
    every second-factor attempt, even a correct one, is refused for a back-off that doubles
    with each further failure; at ``MFA_LOCKOUT_AFTER`` only an administrator can unlock. This
@@ -13,11 +14,16 @@ If the cache is unreachable the first layer fails open, loudly in the log: login
 and the second layer still bounds an attacker to a handful of guesses an hour.
 """
 
+import hashlib
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings as django_settings
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.db import transaction
 from django.http import HttpRequest
 from django_ratelimit.core import get_usage
@@ -31,8 +37,9 @@ __all__ = [
     "address_key",
     "backoff_seconds",
     "blocked_for",
-    "check_rate",
+    "check_rates",
     "client_ip",
+    "parse_rate",
     "record_failure",
 ]
 
@@ -84,22 +91,73 @@ def address_key(ip: str) -> str:
     return str(address)
 
 
-def check_rate(request: HttpRequest, group: str, value: str, rate: str) -> Limited | None:
-    """Count one attempt against ``group``/``value`` and return a refusal if over ``rate``.
+# (group, key, rate): one counter, e.g. ("mfa.code.user", "42", "5/m").
+Check = tuple[str, str, str]
 
-    Fails open if the cache cannot be reached: an error is logged and the attempt goes on to
-    the database back-off, which does not depend on the cache.
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """Return (limit, period in seconds) of a rate such as '5/m' or '100/15m' (checked by E006)."""
+    count, per = rate.split("/")
+    return int(count), int(per[:-1] or 1) * _PERIODS[per[-1]]
+
+
+def check_rates(request: HttpRequest, *checks: Check) -> Limited | None:
+    """Count one attempt against each counter; return the first refusal, if any is over.
+
+    Every counter is counted, even after one refuses, so that an attacker who trips the
+    per-address limit still spends the per-account budget. Fails open if the cache cannot be
+    reached: an error is logged and the attempt goes on to the database back-off, which does not
+    depend on the cache.
     """
+    cache = caches[getattr(django_settings, "RATELIMIT_USE_CACHE", "default")]
     try:
-        usage = get_usage(
-            request, group=group, key=lambda _group, _request: value, rate=rate, increment=True
-        )
+        if isinstance(cache, RedisCache):
+            usages = _count_in_redis(cache, checks)
+        else:
+            usages = [_count_with_ratelimit(request, *check) for check in checks]
     except Exception:  # redis.ConnectionError, TimeoutError, ...: whatever the backend raises
-        logger.exception("rate limit cache unavailable for %s; failing open", group)
+        groups = ", ".join(group for group, _value, _rate in checks)
+        logger.exception("rate limit cache unavailable for %s; failing open", groups)
         return None
-    if usage is None or not usage["should_limit"]:
-        return None
-    return Limited(retry_after=max(int(usage["time_left"]), 1))
+    for over, time_left in usages:
+        if over:
+            return Limited(retry_after=max(time_left, 1))
+    return None
+
+
+def _count_with_ratelimit(request: HttpRequest, group: str, value: str, rate: str):
+    usage = get_usage(
+        request, group=group, key=lambda _group, _request: value, rate=rate, increment=True
+    )
+    if usage is None:
+        return False, 0
+    return usage["should_limit"], int(usage["time_left"])
+
+
+def _count_in_redis(cache: RedisCache, checks: tuple[Check, ...]) -> list[tuple[bool, int]]:
+    # All the counters of a request in one pipelined round trip on one client: per counter,
+    # SET NX with the window's expiry, then INCR. Through Django's cache API django-ratelimit
+    # makes three round trips per counter (add; incr = EXISTS + INCRBY), each on a new client,
+    # about 1 ms of a login step. The windows are fixed, as django-ratelimit's: a burst across
+    # a boundary can reach twice the rate, and the database back-off is the real bound.
+    now = int(time.time())
+    # Django's RedisCache keeps its redis-py client factory here (no public accessor); the
+    # key gets the cache's prefix and version like any other.
+    pipe = cache._cache.get_client(write=True).pipeline(transaction=False)
+    windows = []
+    for group, value, rate in checks:
+        limit, period = parse_rate(rate)
+        end = now - now % period + period
+        # Hashed: usernames and addresses stay out of the cache's key space.
+        digest = hashlib.sha256(value.encode()).hexdigest()[:32]
+        key = cache.make_and_validate_key(f"mfa.rate:{group}:{period}:{end}:{digest}")
+        pipe.set(key, 0, ex=end - now + 1, nx=True)
+        pipe.incr(key)
+        windows.append((limit, end))
+    counts = pipe.execute()[1::2]
+    return [(count > limit, end - now) for count, (limit, end) in zip(counts, windows, strict=True)]
 
 
 def backoff_seconds(failures: int) -> int:

@@ -63,15 +63,6 @@ def too_many(request: HttpRequest, limited: throttle.Limited | flows.Outcome) ->
     return response
 
 
-def first_limit(request: HttpRequest, *checks: tuple[str, str, str]) -> throttle.Limited | None:
-    """Count the attempt against every (group, key, rate) and return the first refusal."""
-    refusal = None
-    for group, value, rate in checks:
-        limited = throttle.check_rate(request, group, value, rate)
-        refusal = refusal or limited
-    return refusal
-
-
 def pending_required(view: Callable) -> Callable:
     """Run ``view(request, user, next_url)`` for a pending login, else go back to the login."""
 
@@ -107,7 +98,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
         # The key is the name the form will authenticate: stripped and NFKC-normalised like
         # Django's UsernameField, so " alice" or a full-width "ａｌｉｃｅ" count as alice.
         username = unicodedata.normalize("NFKC", request.POST.get("username", "")[:300].strip())
-        if limited := first_limit(
+        if limited := throttle.check_rates(
             request,
             (
                 "mfa.login.ip",
@@ -150,7 +141,7 @@ def _code_step(
     form = form_class(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
-        if limited := first_limit(
+        if limited := throttle.check_rates(
             request,
             (
                 "mfa.code.ip",
@@ -297,7 +288,7 @@ def _confirm_password(request: HttpRequest) -> HttpResponse:
     posted = request.method == "POST" and "password" in request.POST
     form = PasswordForm(request.POST if posted else None)
     if posted:
-        if limited := first_limit(
+        if limited := throttle.check_rates(
             request, ("mfa.change.user", str(request.user.pk), settings.CHANGE_RATE)
         ):
             return too_many(request, limited)
@@ -337,7 +328,9 @@ def _reauth(
     form = ReauthForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
-        if limited := first_limit(request, ("mfa.change.user", str(user.pk), settings.CHANGE_RATE)):
+        if limited := throttle.check_rates(
+            request, ("mfa.change.user", str(user.pk), settings.CHANGE_RATE)
+        ):
             return too_many(request, limited)
         status = 400
         if form.is_valid():

@@ -17,7 +17,13 @@ from django.utils import timezone
 
 from mfa import throttle
 from mfa.models import SecurityEvent, TOTPDevice
-from tests.conftest import PASSWORD, full_login, is_logged_in, login_password
+from tests.conftest import (
+    PASSWORD,
+    full_login,
+    is_logged_in,
+    login_password,
+    require_services,
+)
 from tests.test_recovery import run_together, threaded_db  # noqa: F401  (a fixture)
 
 VERIFY_URL = "/accounts/2fa/verify/"
@@ -286,6 +292,48 @@ def test_login_user_rate_setting_is_honoured(user_with_totp, clock, settings):
             == 400
         )
     assert_limited(login_password(client))
+
+
+# --- the counters themselves (the in-process cache in pass 1, Redis in pass 2) --------------
+
+
+def test_every_counter_counts_even_after_one_refuses(clock, rf):
+    request = rf.post("/")
+    tight, loose = ("test.tight", "10.0.0.1", "1/m"), ("test.loose", "alice", "3/m")
+    outcomes = [throttle.check_rates(request, tight, loose) for _ in range(3)]
+    assert outcomes[0] is None
+    # Refused by the first counter from the second attempt on, within the minute.
+    assert all(0 < o.retry_after <= 60 for o in outcomes[1:])
+    # The second counter saw all three: one more is its fourth, over 3/m.
+    assert throttle.check_rates(request, loose) is not None
+    assert throttle.check_rates(request, ("test.loose", "bob", "3/m")) is None
+    # A new window starts afresh.
+    clock.shift(60)
+    assert throttle.check_rates(request, tight, loose) is None
+
+
+def test_a_counter_refuses_only_after_its_rate(clock, rf):
+    request = rf.post("/")
+    check = ("test.rate", "alice", "5/m")
+    assert [throttle.check_rates(request, check) is None for _ in range(7)] == [True] * 5 + [
+        False
+    ] * 2
+
+
+@pytest.mark.services
+def test_redis_counters_do_not_name_the_user(clock, rf):
+    from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
+
+    require_services()
+    redis_cache = caches["default"]
+    assert isinstance(redis_cache, RedisCache)
+    throttle.check_rates(rf.post("/"), ("mfa.login.user", "alice-the-user", "5/m"))
+    client = redis_cache._cache.get_client()
+    keys = [key.decode() for key in client.scan_iter(count=1000)]
+    assert len(keys) == 1 and "mfa.rate:mfa.login.user:60:" in keys[0]
+    assert "alice-the-user" not in keys[0]
+    assert 0 < client.ttl(keys[0]) <= 61
 
 
 # --- Redis down: fail open, loudly, and the database still counts ---------------------------
