@@ -379,7 +379,6 @@ def child_profile() -> dict:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import Argon2PasswordHasher
     from django.contrib.sessions.backends.base import SessionBase
-    from django.contrib.sessions.backends.db import SessionStore
     from django.core.handlers.base import BaseHandler
     from django.db import connection
     from django.template.backends.django import Template
@@ -388,6 +387,7 @@ def child_profile() -> dict:
 
     from mfa import crypto, flows, middleware, sessions, throttle, totp
     from mfa.models import TOTPDevice
+    from mfa.session_store import SessionStore
 
     users = list(json.load(sys.stdin).items())
     third = len(users) // 3
@@ -433,7 +433,7 @@ def child_profile() -> dict:
     probe.time(ClientHandler, "__call__", "request in the handler (all middleware + view)")
     probe.time(BaseHandler, "_get_response", "  view (URL resolution + view function)")
     probe.time(SessionStore, "load", "  session load (SELECT django_session)")
-    probe.time(SessionStore, "save", "  session save (INSERT or UPDATE, own transaction)")
+    probe.time(SessionStore, "save", "  session save (skipped when unchanged since written)")
     probe.time(middleware.SecondFactorMiddleware, "__call__", "  SecondFactorMiddleware + inner")
     probe.time(sessions, "is_live", "  sessions.is_live (middleware)")
     probe.time(Argon2PasswordHasher, "verify", "Argon2 verify")
@@ -441,8 +441,7 @@ def child_profile() -> dict:
     probe.time(redis.Redis, "execute_command", "Redis commands")
     probe.time(redis.Redis, "__init__", "Redis client created")
     probe.time(SessionBase, "cycle_key", "session cycle_key")
-    probe.time(SessionStore, "exists", "  session exists() (new key check)")
-    probe.time(SessionStore, "delete", "  session delete (get() then delete())")
+    probe.time(SessionStore, "delete", "  session delete (old key)")
     probe.time(flows, "auth_login", "django.contrib.auth.login")
     probe.time(get_user_model(), "save", "  user.save (update_last_login)")
     probe.time(flows, "_device", "flows._device (SELECT mfa_totpdevice)")
@@ -604,6 +603,23 @@ def print_profile(profile: dict, argon2: dict) -> None:
         print("\n".join(text["flat"].splitlines()[:40]))
 
 
+def in_process_profile(site: harness.Site, users: dict) -> dict:
+    """Run ``child_profile`` in a child process with the site's environment."""
+    child = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "_profile"],
+        cwd=ROOT,
+        # The production log level: each security event logs a line, as in the server.
+        env=site.env(DJANGO_ALLOWED_HOSTS="testserver"),
+        input=json.dumps(users),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if child.returncode:
+        raise RuntimeError(f"the in-process profile failed:\n{child.stderr[-4000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     if sys.argv[1:2] == ["_profile"]:
         print(json.dumps(child_profile()))
@@ -615,6 +631,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--database-url", default=harness.ADMIN_POSTGRES_URL)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--no-profile", action="store_true", help="skip the in-process part")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.clients = max(1, min(args.clients, 32))
@@ -648,26 +665,19 @@ def main() -> None:
                 server.start().wait_ready()
                 load_before = os.getloadavg()[0]
                 server_cpu, pg_cpu = process_tree_cpu(server.proc.pid), postgres_cpu()
+                client_cpu = time.process_time()
                 run = drive(server, load_users, args.clients, args.duration)
+                client_cpu = time.process_time() - client_cpu
                 server_cpu = process_tree_cpu(server.proc.pid) - server_cpu
                 pg_cpu = postgres_cpu() - pg_cpu
                 load_after = os.getloadavg()[0]
             finally:
                 server.stop()
             inside = server_times(access_log)
-            child = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "_profile"],
-                cwd=ROOT,
-                # The production log level: each security event logs a line, as in the server.
-                env=site.env(DJANGO_ALLOWED_HOSTS="testserver"),
-                input=json.dumps({n: users[n] for n in profiled}),
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            if child.returncode:
-                raise RuntimeError(f"the in-process profile failed:\n{child.stderr[-4000:]}")
-            profile = json.loads(child.stdout.strip().splitlines()[-1])
+            if args.no_profile:
+                profile = None
+            else:
+                profile = in_process_profile(site, {n: users[n] for n in profiled})
 
     ok = run["outcomes"].get("ok", 0)
     rate = ok / run["elapsed"]
@@ -689,6 +699,10 @@ def main() -> None:
         f" ms (all postgres processes); on {cores} idle cores that allows {idle_rate:.1f} "
         f"logins/s = {idle_rate / ceiling:.0%} of the Argon2 ceiling"
     )
+    print(
+        f"the load generator (this process, {args.clients} threads) used "
+        f"{client_cpu / max(ok, 1) * 1000:.1f} ms of CPU per login on the same cores"
+    )
     print(f"{'step':<15}{'client p50':>12}{'client p99':>12}{'server p50':>12}{'server p99':>12}")
     for step in STEPS:
         client_ms = [s * 1000 for s in run["latencies"][step]]
@@ -697,7 +711,8 @@ def main() -> None:
             f"{percentile(inside[step], 0.5):>10.1f}ms{percentile(inside[step], 0.99):>10.1f}ms"
         )
     print(f"code step, server time at the median: {code_median:.1f} ms (goal < 5 ms)")
-    print_profile(profile, argon2)
+    if profile is not None:
+        print_profile(profile, argon2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
@@ -717,6 +732,7 @@ def main() -> None:
                     "cpu_per_login_ms": {
                         "gunicorn": per_login * 1000,
                         "postgres": per_login_pg * 1000,
+                        "load_generator": client_cpu / max(ok, 1) * 1000,
                     },
                     "idle_cores_logins_per_second": idle_rate,
                     "ratio": rate / ceiling,
@@ -732,7 +748,8 @@ def main() -> None:
                         step: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)}
                         for step, v in inside.items()
                     },
-                    "in_process": {
+                    "in_process": profile
+                    and {
                         "timed_ms": profile["timed"],
                         "counted": profile["counted"],
                         "micro_ms": profile["micro_ms"],

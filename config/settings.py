@@ -144,8 +144,8 @@ MFA_TRUSTED_PROXY_COUNT = int(os.environ.get("MFA_TRUSTED_PROXY_COUNT", "1"))
 
 # --- Sessions and authentication ------------------------------------------------------------
 # Database sessions: a Redis outage must not log everyone out or break the login.
-# config/sessions.py: the database backend without its redundant queries on a new key.
-SESSION_ENGINE = "config.sessions"
+# mfa.session_store: the database backend, written once per login step (see its docstring).
+SESSION_ENGINE = "mfa.session_store"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = int(os.environ.get("DJANGO_SESSION_AGE", str(60 * 60 * 12)))

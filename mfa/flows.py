@@ -165,6 +165,7 @@ def begin_pending_login(request: HttpRequest, user: Any, next_url: str) -> None:
         "next": next_url,
     }
     record(request, user, Kind.PASSWORD_OK)
+    _save_session(request)
 
 
 def pending_user(request: HttpRequest) -> tuple[Any, str] | None:
@@ -196,7 +197,7 @@ def complete_login(request: HttpRequest, user: Any, method: str) -> None:
     """Log the user in: the second factor (or no second factor) has been satisfied.
 
     One transaction: the new session, the last-login time, the session's registration and the
-    audit event commit together (one commit instead of five on the login's hot path).
+    audit event commit together (one commit for the whole step on the login's hot path).
     """
     request.session.pop(PENDING_KEY, None)
     sessions.forget(request.session)  # logging in again from a logged-in session
@@ -204,6 +205,14 @@ def complete_login(request: HttpRequest, user: Any, method: str) -> None:
     sessions.register(request, user)
     mark_reauthenticated(request)
     record(request, user, Kind.LOGIN, detail=method)
+    _save_session(request)
+
+
+def _save_session(request: HttpRequest) -> None:
+    # Written inside the step's transaction, so the new session commits together with the
+    # rest of the step, or not at all. With mfa.session_store this is the session's only write
+    # in the request: SessionMiddleware's save finds nothing changed since.
+    request.session.save()
 
 
 def mark_reauthenticated(request: HttpRequest) -> None:

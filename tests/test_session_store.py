@@ -1,0 +1,111 @@
+"""mfa.session_store: Django's database sessions, written once per login step.
+
+The store must keep Django's guarantees (a new key on every cycle, the old row gone, a key
+collision answered by a new key, nothing lost when data changes after a write) while writing
+the session once: at the explicit save inside the step's transaction.
+"""
+
+import pytest
+from django.contrib.sessions.models import Session
+from django.db import DatabaseError, transaction
+from django.test import Client
+
+from mfa.session_store import SessionStore
+from tests.conftest import is_logged_in, login_password
+
+pytestmark = pytest.mark.django_db
+
+
+def stored(key: str) -> dict | None:
+    row = Session.objects.filter(session_key=key).first()
+    return None if row is None else SessionStore().decode(row.session_data)
+
+
+def saved_session(**data) -> SessionStore:
+    session = SessionStore()
+    session.update(data)
+    session.save()
+    return SessionStore(session.session_key)
+
+
+def test_cycle_key_writes_nothing_until_save_then_one_insert(django_assert_num_queries):
+    session = saved_session(a=1)
+    old_key = session.session_key
+    with django_assert_num_queries(2):  # load the data, delete the old row
+        session.cycle_key()
+    new_key = session.session_key
+    assert new_key != old_key and len(new_key) == 32
+    assert stored(old_key) is None and stored(new_key) is None
+    session["b"] = 2
+    with django_assert_num_queries(1):  # the INSERT: no existence check, no savepoint
+        session.save()
+    assert stored(new_key) == {"a": 1, "b": 2}
+
+
+def test_a_save_of_unchanged_data_writes_nothing(django_assert_num_queries):
+    session = saved_session(a=1)
+    session["b"] = 2
+    session.save()
+    with django_assert_num_queries(0):
+        session.save()  # SessionMiddleware's save after the step's own
+    session["c"] = 3  # ...but anything changed later is written
+    session.save()
+    assert stored(session.session_key) == {"a": 1, "b": 2, "c": 3}
+
+
+def taken_key_next(monkeypatch, taken: str) -> None:
+    keys = iter([taken, "k" * 32])
+    monkeypatch.setattr(SessionStore, "_get_new_session_key", lambda self: next(keys))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_taken_key_is_replaced_by_a_new_one(monkeypatch):
+    other = saved_session(owner="someone else")
+    session = saved_session(owner="me")
+    taken_key_next(monkeypatch, other.session_key)
+    session.cycle_key()
+    assert session.session_key == other.session_key
+    session.save()
+    assert session.session_key == "k" * 32
+    assert stored("k" * 32) == {"owner": "me"}
+    assert stored(other.session_key) == {"owner": "someone else"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_taken_key_inside_a_transaction_fails_it_as_a_whole(monkeypatch):
+    other = saved_session(owner="someone else")
+    session = saved_session(owner="me")
+    taken_key_next(monkeypatch, other.session_key)
+    with pytest.raises(DatabaseError), transaction.atomic():
+        session.cycle_key()
+        session.save()
+    # Nothing of it happened: the old session is still there, the other one untouched.
+    assert Session.objects.count() == 2
+    assert stored(other.session_key) == {"owner": "someone else"}
+
+
+def test_flush_then_save_starts_a_new_row():
+    session = saved_session(a=1)
+    old_key = session.session_key
+    session.flush()
+    session["b"] = 2
+    session.save()
+    assert stored(old_key) is None
+    assert stored(session.session_key) == {"b": 2}
+
+
+def test_each_login_step_leaves_exactly_one_row_with_the_final_data(user_with_totp, clock):
+    client = Client()
+    assert login_password(client).status_code == 302
+    pending_key = client.session.session_key
+    assert Session.objects.count() == 1
+    assert "_mfa_pending" in stored(pending_key)
+    response = client.post("/accounts/2fa/verify/", {"code": user_with_totp.code()})
+    assert response.status_code == 302
+    logged_in_key = client.session.session_key
+    assert logged_in_key != pending_key  # a new key at the second step too (no fixation)
+    assert Session.objects.count() == 1
+    data = stored(logged_in_key)
+    assert data["_auth_user_id"] == str(user_with_totp.user.pk)
+    assert "_mfa_pending" not in data
+    assert is_logged_in(client)
