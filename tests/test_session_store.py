@@ -109,3 +109,36 @@ def test_each_login_step_leaves_exactly_one_row_with_the_final_data(user_with_to
     assert data["_auth_user_id"] == str(user_with_totp.user.pk)
     assert "_mfa_pending" not in data
     assert is_logged_in(client)
+
+
+def test_a_login_that_fails_half_way_writes_nothing_and_spends_no_code(
+    user_with_totp, clock, monkeypatch
+):
+    from mfa import flows
+    from mfa.models import SecurityEvent, TOTPDevice, UserSession
+
+    client = Client(raise_request_exception=True)
+    assert login_password(client).status_code == 302
+    pending_key = client.session.session_key
+    step_before = user_with_totp.device.last_used_step
+    real_record = flows.record
+
+    def audit_fails_on_login(request, user, kind, detail=""):
+        if kind == SecurityEvent.Kind.LOGIN:
+            raise DatabaseError("disk full")
+        return real_record(request, user, kind, detail)
+
+    monkeypatch.setattr(flows, "record", audit_fails_on_login)
+    with pytest.raises(DatabaseError):
+        client.post("/accounts/2fa/verify/", {"code": user_with_totp.code()})
+    # Rolled back as a whole: the code unspent, the pending session as it was, no other.
+    assert TOTPDevice.objects.get(pk=user_with_totp.device.pk).last_used_step == step_before
+    assert list(Session.objects.values_list("session_key", flat=True)) == [pending_key]
+    assert "_mfa_pending" in stored(pending_key)
+    assert not UserSession.objects.exists()
+
+    monkeypatch.setattr(flows, "record", real_record)
+    client = Client()
+    client.cookies["sessionid"] = pending_key
+    response = client.post("/accounts/2fa/verify/", {"code": user_with_totp.code()})
+    assert response.status_code == 302 and is_logged_in(client)
