@@ -76,7 +76,9 @@ def check_key_ring(app_configs=None, **kwargs) -> list:
 
 
 RATE_SETTINGS = ["CODE_RATE", "CODE_IP_RATE", "LOGIN_USER_RATE", "LOGIN_IP_RATE", "CHANGE_RATE"]
-_RATE = re.compile(r"[1-9][0-9]*/([1-9][0-9]*)?[smhd]")
+# At most four digits of period multiplier: a longer period is a typo (and beyond Redis's
+# expiry times).
+_RATE = re.compile(r"[1-9][0-9]*/([1-9][0-9]{0,3})?[smhd]")
 
 
 @register(Tags.security)

@@ -375,6 +375,8 @@ def verify_recovery_code(
             # One-time: of any number of requests racing with this code, one updates the row.
             if not RecoveryCode.objects.filter(pk=row.pk, used_at__isnull=True).update(used_at=now):
                 raise _Refused()
+            # In the same transaction as the code's use and the login: all of it or none.
+            record(request, user, Kind.RECOVERY_USED, detail=f"{unused_code_count(user)} left")
             if on_accept is not None:
                 on_accept()
     except _Refused as refused:
@@ -382,7 +384,6 @@ def verify_recovery_code(
             return refused.outcome
         record(request, user, Kind.MFA_FAILED, detail="recovery code already used")
         return Outcome(Result.REPLAY)
-    record(request, user, Kind.RECOVERY_USED, detail=f"{unused_code_count(user)} left")
     notify.send(user, Kind.RECOVERY_USED)
     return Outcome(Result.OK)
 

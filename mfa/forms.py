@@ -1,14 +1,60 @@
 """Forms only validate and normalise input; flows.py decides what it means."""
 
 from django import forms
+from django.contrib.auth.forms import AuthenticationForm
+from django.utils.datastructures import MultiValueDict
 from django.utils.translation import gettext_lazy as _
 
 from . import recovery, totp
 
-__all__ = ["CodeForm", "PasswordForm", "ReauthForm", "RecoveryCodeForm"]
+__all__ = [
+    "CodeForm",
+    "LoginForm",
+    "PasswordForm",
+    "ReauthForm",
+    "RecoveryCodeForm",
+    "TextOnlyForm",
+]
 
 # Longer than any code with generous spacing, far shorter than an abuse.
 MAX_INPUT = 64
+
+
+class TextOnlyForm(forms.Form):
+    """A form that refuses lone surrogates, which no real username, password or code contains.
+
+    A multipart body that declares a charset such as UTF-7 can carry them. The database, the
+    password hasher and even the page that shows the form again cannot encode them, so the
+    submitted data is cleaned of them first (each becomes U+FFFD) and the form is refused.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._had_surrogates = False
+        if isinstance(self.data, MultiValueDict):
+            data = self.data.copy()
+            for key, values in self.data.lists():
+                fixed = [_without_surrogates(value) for value in values]
+                if fixed != values:
+                    data.setlist(key, fixed)
+                    self._had_surrogates = True
+            if self._had_surrogates:
+                self.data = data
+
+    def clean(self):
+        if self._had_surrogates:
+            raise forms.ValidationError(_("That is not valid text."), code="invalid")
+        return super().clean()
+
+
+def _without_surrogates(value):
+    if not isinstance(value, str):
+        return value
+    return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in value)
+
+
+class LoginForm(TextOnlyForm, AuthenticationForm):
+    """Django's login form (authenticate() runs only for text it can encode)."""
 
 
 def _code_widget(**attrs) -> forms.TextInput:
@@ -24,7 +70,7 @@ def _code_widget(**attrs) -> forms.TextInput:
     )
 
 
-class CodeForm(forms.Form):
+class CodeForm(TextOnlyForm):
     """A 6-digit TOTP code; spaces and dashes are forgiven."""
 
     code = forms.CharField(
@@ -47,7 +93,7 @@ class CodeForm(forms.Form):
         return code
 
 
-class RecoveryCodeForm(forms.Form):
+class RecoveryCodeForm(TextOnlyForm):
     """A recovery code; case, spaces and dashes are forgiven."""
 
     code = forms.CharField(
@@ -71,7 +117,7 @@ class RecoveryCodeForm(forms.Form):
         return parsed
 
 
-class PasswordForm(forms.Form):
+class PasswordForm(TextOnlyForm):
     """The password again, before a session that is not fresh may add a second factor."""
 
     password = forms.CharField(

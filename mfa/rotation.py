@@ -11,9 +11,10 @@ row between its read and its write is never overwritten: the row is read again a
 On PostgreSQL the write is one ``UPDATE ... FROM unnest(...)`` per batch, parsed and planned
 once (``executemany`` would send one UPDATE per row), and it is sent from a second thread on
 its own connection while this thread encrypts the next batch: the database and the crypto run
-at the same time, on different cores, and no row is locked while it is being encrypted, so no
-login waits for the rotation. Elsewhere (SQLite, or inside a caller's transaction) each batch
-is read under lock, re-encrypted and written in a single transaction.
+at the same time, on different cores, and no row is locked while it is being encrypted (a
+login that touches a row being written waits only for that batch's commit). Elsewhere
+(SQLite, or a caller's open transaction) each batch is read under lock, re-encrypted and
+written in a single transaction.
 """
 
 import queue
@@ -45,7 +46,8 @@ class Tally:
     current: int = 0  # rows found under the primary key already
     failed: int = 0  # rows no key decrypts for their user
     failed_users: list[int] = field(default_factory=list)  # the first NAMED_FAILURES of them
-    # Rows still changing under the rotation after being read twice; a later run takes them.
+    # Rows whose second write, although read under lock, still found another ciphertext: never
+    # expected (the lock holds them), so counted rather than assumed; a later run takes them.
     changed: int = 0
 
     def fail(self, user_pk: int) -> None:
@@ -64,13 +66,18 @@ def rotate(
     """Re-encrypt every secret that is not yet under ``ring.primary``; return the tally.
 
     ``ring`` is one snapshot of the key ring for the whole run, so the primary cannot change
-    half-way. ``progress`` is called with the number of rows read so far after each batch.
+    half-way. ``progress`` is called with the number of rows read and re-encrypted so far after
+    each batch (the writer may be up to two batches behind).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     tally = Tally()
     connection = connections[using]
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+    # A second connection only when this one holds no transaction: a caller's open transaction
+    # could hold a lock that the writer's UPDATE would wait for while the caller waits for the
+    # writer, a deadlock that PostgreSQL cannot see (two connections of one process).
+    own_transactions = connection.get_autocommit() and not connection.in_atomic_block
+    if connection.vendor == "postgresql" and own_transactions:
         retry = _rotate_overlapped(ring, batch_size, using, tally, progress)
     else:
         retry = _rotate_in_place(ring, batch_size, using, tally, progress)
@@ -152,8 +159,8 @@ def _rotate_overlapped(ring, batch_size, using, tally, progress) -> list[int]:
 class _Writer(threading.Thread):
     """Write the batches handed over, each in its own transaction, on its own connection.
 
-    The queue holds one batch: at most two are in flight (one being written, one waiting), so
-    memory stays that of two batches however many rows there are.
+    The queue holds one batch: at most three batches are alive (one being written, one waiting,
+    one being prepared), so memory stays that of three batches however many rows there are.
     """
 
     def __init__(self, using: str, tally: Tally):

@@ -17,6 +17,7 @@ own. This store instead:
 The two-step login works with any session engine; others just spend those extra statements.
 """
 
+from asgiref.sync import sync_to_async
 from django.contrib.sessions.backends.base import CreateError
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.db import IntegrityError, router, transaction
@@ -58,11 +59,12 @@ class SessionStore(DatabaseSessionStore):
         if not (must_create or self._insert_on_save) and serialized == self._written:
             return  # written earlier in this request, unchanged since
         if self._insert_on_save:
-            self._insert_on_save = False
             try:
                 self._insert(data)
             except CreateError:
+                self._insert_on_save = False
                 return self.create()  # the new key was taken after all: draw another
+            self._insert_on_save = False
         else:
             super().save(must_create=must_create)
         self._written = serialized
@@ -81,6 +83,14 @@ class SessionStore(DatabaseSessionStore):
                 obj.save(force_insert=True, using=using)
         except IntegrityError:
             raise CreateError from None
+
+    # The async API goes through the same code (Django's own async methods would UPDATE a row
+    # that a cycled key has not INSERTed yet).
+    async def acycle_key(self) -> None:
+        await sync_to_async(self.cycle_key)()
+
+    async def asave(self, must_create: bool = False) -> None:
+        await sync_to_async(self.save)(must_create)
 
     def delete(self, session_key: str | None = None) -> None:
         session_key = session_key or self.session_key

@@ -14,7 +14,6 @@ If the cache is unreachable the first layer fails open, loudly in the log: login
 and the second layer still bounds an attacker to a handful of guesses an hour.
 """
 
-import hashlib
 import ipaddress
 import logging
 import time
@@ -26,6 +25,7 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.db import transaction
 from django.http import HttpRequest
+from django.utils.crypto import salted_hmac
 from django_ratelimit.core import get_usage
 
 from .conf import settings
@@ -111,6 +111,14 @@ def check_rates(request: HttpRequest, *checks: Check) -> Limited | None:
     reached: an error is logged and the attempt goes on to the database back-off, which does not
     depend on the cache.
     """
+    if not getattr(django_settings, "RATELIMIT_ENABLE", True):
+        return None
+    # A form can smuggle a lone surrogate into a username (a multipart body in UTF-7): such a
+    # value is counted like any other, under its escaped spelling, instead of failing to encode.
+    checks = tuple(
+        (group, value.encode("utf-8", "backslashreplace").decode("utf-8"), rate)
+        for group, value, rate in checks
+    )
     cache = caches[getattr(django_settings, "RATELIMIT_USE_CACHE", "default")]
     try:
         if isinstance(cache, RedisCache):
@@ -150,14 +158,18 @@ def _count_in_redis(cache: RedisCache, checks: tuple[Check, ...]) -> list[tuple[
     for group, value, rate in checks:
         limit, period = parse_rate(rate)
         end = now - now % period + period
-        # Hashed: usernames and addresses stay out of the cache's key space.
-        digest = hashlib.sha256(value.encode()).hexdigest()[:32]
-        key = cache.make_and_validate_key(f"mfa.rate:{group}:{period}:{end}:{digest}")
+        key = cache.make_and_validate_key(f"mfa.rate:{group}:{period}:{end}:{_digest(value)}")
         pipe.set(key, 0, ex=end - now + 1, nx=True)
         pipe.incr(key)
         windows.append((limit, end))
     counts = pipe.execute()[1::2]
     return [(count > limit, end - now) for count, (limit, end) in zip(counts, windows, strict=True)]
+
+
+def _digest(value: str) -> str:
+    # Keyed, so that usernames and addresses cannot be read back from the cache's keys (an
+    # unkeyed hash of an IPv4 address falls to trying all 2**32 of them).
+    return salted_hmac("mfa.rate-limit", value, algorithm="sha256").hexdigest()[:32]
 
 
 def backoff_seconds(failures: int) -> int:

@@ -16,7 +16,6 @@ from django.contrib import messages
 from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
@@ -29,7 +28,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from . import crypto, flows, sessions, throttle, totp
 from .conf import settings
-from .forms import CodeForm, PasswordForm, ReauthForm, RecoveryCodeForm
+from .forms import CodeForm, LoginForm, PasswordForm, ReauthForm, RecoveryCodeForm
 from .models import SecurityEvent, TOTPDevice
 
 logger = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ def no_store(response: HttpResponse) -> HttpResponse:
 @GET_POST
 def login_view(request: HttpRequest) -> HttpResponse:
     next_url = safe_next(request, request.POST.get("next") or request.GET.get("next"))
-    form = AuthenticationForm(request, data=request.POST if request.method == "POST" else None)
+    form = LoginForm(request, data=request.POST if request.method == "POST" else None)
     if request.method == "POST":
         # The key is the name the form will authenticate: stripped and NFKC-normalised like
         # Django's UsernameField, so " alice" or a full-width "ａｌｉｃｅ" count as alice.

@@ -211,6 +211,50 @@ def test_login_bad_input(client, clock, user, data, with_2fa):
     assert flows.PENDING_KEY not in client.session
 
 
+# --- Text in another charset: a multipart body declared UTF-7 -------------------------------
+#
+# Django refuses a urlencoded body in any charset but UTF-8, not a multipart one. In UTF-7,
+# "+2AA-" decodes to a lone surrogate (U+D800), which neither the database nor the password
+# hasher can encode: it must be a form error, and still counted by the rate limits.
+
+BOUNDARY = "mfa-test-boundary"
+LONE_SURROGATE_UTF7 = "+2AA-"
+
+
+def post_utf7(client, url: str, fields: dict[str, str]):
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    body = ("".join(parts) + f"--{BOUNDARY}--\r\n").encode("ascii")
+    content_type = f"multipart/form-data; boundary={BOUNDARY}; charset=utf-7"
+    return client.generic("POST", url, body, content_type=content_type)
+
+
+@pytest.mark.parametrize("field", ["username", "password"])
+def test_login_with_a_lone_surrogate_is_refused_and_counted(client, clock, user, settings, field):
+    settings.MFA_LOGIN_IP_RATE = "3/m"
+    fields = {"username": "alice", "password": PASSWORD}
+    fields[field] += LONE_SURROGATE_UTF7
+    statuses = [post_utf7(client, LOGIN, fields).status_code for _ in range(5)]
+    assert statuses == [400, 400, 400, 429, 429]
+    assert not is_logged_in(client)
+
+
+@pytest.mark.parametrize("field", ["password", "code"])
+def test_reauthentication_with_a_lone_surrogate_is_refused(client, enrolled_in, field):
+    fields = {"password": PASSWORD, "code": enrolled_in.code()}
+    fields[field] += LONE_SURROGATE_UTF7
+    assert post_utf7(client, DISABLE, fields).status_code == 400
+    assert TOTPDevice.objects.filter(user=enrolled_in.user).exists()
+
+
+@pytest.mark.parametrize("url", [VERIFY, "/accounts/2fa/recovery/"])
+def test_second_step_with_a_lone_surrogate_is_refused(client, pending, url):
+    assert post_utf7(client, url, {"code": "123" + LONE_SURROGATE_UTF7}).status_code == 400
+    assert not is_logged_in(client)
+
+
 # --- Wrong methods --------------------------------------------------------------------------
 
 

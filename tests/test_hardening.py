@@ -681,7 +681,7 @@ def test_a_recovery_code_still_works_when_the_key_is_lost(clock, user_with_totp)
     assert is_logged_in(client)
 
 
-@pytest.mark.parametrize("rate", ["five/m", "5", "0/m", "5/0m", "5/x", 5])
+@pytest.mark.parametrize("rate", ["five/m", "5", "0/m", "5/0m", "5/99999d", "5/x", 5])
 def test_a_malformed_rate_setting_is_a_system_check_error(settings, rate):
     from mfa import checks
 

@@ -11,7 +11,7 @@ import stat
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import CommandError, call_command
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.test import Client
 
 from mfa import crypto, rotation
@@ -339,6 +339,28 @@ def test_committed_rotation_stops_on_a_failed_write_and_resumes(
 
     out, _ = keys("rotate", "--batch-size", "2")
     assert "Rotated 3" in out and "2 already used it" in out
+    assert {encrypting_key_id(u) for u in users} == {new}
+    everyone_logs_in(users, clock)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rotation_inside_a_callers_transaction_writes_on_its_connection(
+    django_user_model, clock, rotation_paths
+):
+    """No second connection while the caller holds a transaction (its locks could deadlock)."""
+    users = make_users(django_user_model, ["u1", "u2", "u3"])
+    keys("add")
+    new = ring_ids()[0]
+    transaction.set_autocommit(False)
+    try:
+        # (No lock is taken here: were the second connection used, the test should fail on the
+        # path taken, not hang on a lock.)
+        tally = rotation.rotate(crypto.current(), batch_size=2)
+        transaction.commit()
+    finally:
+        transaction.set_autocommit(True)
+    assert rotation_paths == ["_rotate_in_place"]
+    assert tally.rotated == 3
     assert {encrypting_key_id(u) for u in users} == {new}
     everyone_logs_in(users, clock)
 

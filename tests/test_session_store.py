@@ -84,6 +84,24 @@ def test_a_taken_key_inside_a_transaction_fails_it_as_a_whole(monkeypatch):
     assert stored(other.session_key) == {"owner": "someone else"}
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("cycle", ["sync", "async"])
+def test_the_async_api_inserts_a_cycled_key_too(cycle):
+    # Under ASGI a view may cycle the key (login()) and the middleware save asynchronously.
+    from asgiref.sync import async_to_sync
+
+    session = saved_session(a=1)
+    old_key = session.session_key
+    if cycle == "sync":
+        session.cycle_key()
+    else:
+        async_to_sync(session.acycle_key)()
+    session["b"] = 2
+    async_to_sync(session.asave)()
+    assert stored(old_key) is None
+    assert stored(session.session_key) == {"a": 1, "b": 2}
+
+
 def test_flush_then_save_starts_a_new_row():
     session = saved_session(a=1)
     old_key = session.session_key
@@ -111,28 +129,39 @@ def test_each_login_step_leaves_exactly_one_row_with_the_final_data(user_with_to
     assert is_logged_in(client)
 
 
+@pytest.mark.parametrize(
+    ("kind", "failing_event"),
+    [("totp", "login"), ("recovery", "login"), ("recovery", "recovery_used")],
+)
 def test_a_login_that_fails_half_way_writes_nothing_and_spends_no_code(
-    user_with_totp, clock, monkeypatch
+    user_with_totp, clock, monkeypatch, kind, failing_event
 ):
     from mfa import flows
-    from mfa.models import SecurityEvent, TOTPDevice, UserSession
+    from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, UserSession
 
+    url, code = {
+        "totp": ("/accounts/2fa/verify/", user_with_totp.code()),
+        "recovery": ("/accounts/2fa/recovery/", user_with_totp.codes[0]),
+    }[kind]
     client = Client(raise_request_exception=True)
     assert login_password(client).status_code == 302
     pending_key = client.session.session_key
     step_before = user_with_totp.device.last_used_step
+    events_before = SecurityEvent.objects.count()
     real_record = flows.record
 
-    def audit_fails_on_login(request, user, kind, detail=""):
-        if kind == SecurityEvent.Kind.LOGIN:
+    def audit_fails_on_login(request, user, event_kind, detail=""):
+        if event_kind == failing_event:
             raise DatabaseError("disk full")
-        return real_record(request, user, kind, detail)
+        return real_record(request, user, event_kind, detail)
 
     monkeypatch.setattr(flows, "record", audit_fails_on_login)
     with pytest.raises(DatabaseError):
-        client.post("/accounts/2fa/verify/", {"code": user_with_totp.code()})
-    # Rolled back as a whole: the code unspent, the pending session as it was, no other.
+        client.post(url, {"code": code})
+    # Rolled back as a whole: the code unspent, no audit event, the pending session as it was.
     assert TOTPDevice.objects.get(pk=user_with_totp.device.pk).last_used_step == step_before
+    assert not RecoveryCode.objects.filter(used_at__isnull=False).exists()
+    assert SecurityEvent.objects.count() == events_before
     assert list(Session.objects.values_list("session_key", flat=True)) == [pending_key]
     assert "_mfa_pending" in stored(pending_key)
     assert not UserSession.objects.exists()
@@ -140,5 +169,5 @@ def test_a_login_that_fails_half_way_writes_nothing_and_spends_no_code(
     monkeypatch.setattr(flows, "record", real_record)
     client = Client()
     client.cookies["sessionid"] = pending_key
-    response = client.post("/accounts/2fa/verify/", {"code": user_with_totp.code()})
+    response = client.post(url, {"code": code})
     assert response.status_code == 302 and is_logged_in(client)
