@@ -24,7 +24,6 @@ import argparse
 import json
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -179,18 +178,16 @@ def main() -> None:
             site.prepare()
             users = site.create_users(["floor"] + [f"floor{i}" for i in range(logins)])
             users.pop("floor")
-            child_run = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "_child", str(args.requests)],
-                cwd=ROOT,
-                env=site.env(DJANGO_ALLOWED_HOSTS="testserver", MFA_LOG_LEVEL="WARNING"),
-                input=json.dumps(users),
-                capture_output=True,
-                text=True,
+            results = harness.run_json_child(
+                site,
+                str(Path(__file__).resolve()),
+                "_child",
+                str(args.requests),
+                stdin=users,
                 timeout=900,
+                DJANGO_ALLOWED_HOSTS="testserver",
+                MFA_LOG_LEVEL="WARNING",
             )
-            if child_run.returncode:
-                raise RuntimeError(f"the measurement failed:\n{child_run.stderr[-4000:]}")
-            results = json.loads(child_run.stdout.strip().splitlines()[-1])
 
     print(f"in-process medians, PostgreSQL on this machine ({time.strftime('%Y-%m-%d %H:%M')})")
     print(f"{'request':<16}{'CPU':>10}{'wall':>10}")

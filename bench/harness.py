@@ -241,6 +241,32 @@ class Site:
         return json.loads(result.stdout)
 
 
+def run_json_child(
+    site: Site,
+    script: str,
+    *args: str,
+    stdin: object = None,
+    timeout: float = 600,
+    **env_overrides: str,
+) -> dict:
+    """Run ``script`` (a path) with ``args`` in the site's environment; return its last line's JSON.
+
+    ``stdin``, if given, is sent as JSON. A failure raises with the end of the child's stderr.
+    """
+    completed = subprocess.run(
+        [sys.executable, script, *args],
+        cwd=ROOT,
+        env=site.env(**env_overrides),
+        input=None if stdin is None else json.dumps(stdin),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if completed.returncode:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{completed.stderr[-4000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 class Server:
     """One gunicorn serving the site on 127.0.0.1."""
 

@@ -32,7 +32,6 @@ import json
 import os
 import queue
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -623,19 +622,14 @@ def print_profile(profile: dict, argon2: dict) -> None:
 
 def in_process_profile(site: harness.Site, users: dict) -> dict:
     """Run ``child_profile`` in a child process with the site's environment."""
-    child = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "_profile"],
-        cwd=ROOT,
-        # The production log level: each security event logs a line, as in the server.
-        env=site.env(DJANGO_ALLOWED_HOSTS="testserver"),
-        input=json.dumps(users),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    # The production log level: each security event logs a line, as in the server.
+    return harness.run_json_child(
+        site,
+        str(Path(__file__).resolve()),
+        "_profile",
+        stdin=users,
+        DJANGO_ALLOWED_HOSTS="testserver",
     )
-    if child.returncode:
-        raise RuntimeError(f"the in-process profile failed:\n{child.stderr[-4000:]}")
-    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ beside it for each run, and dropped afterwards.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -166,17 +165,9 @@ def child_rotate(batch_size: int, mode: str) -> dict:
 
 
 def run_child(site: harness.Site, *args: str, timeout: float = 3600) -> dict:
-    completed = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        cwd=ROOT,
-        env=site.env(MFA_LOG_LEVEL="WARNING"),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return harness.run_json_child(
+        site, str(Path(__file__).resolve()), *args, timeout=timeout, MFA_LOG_LEVEL="WARNING"
     )
-    if completed.returncode:
-        raise RuntimeError(f"child {args} failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 @contextmanager

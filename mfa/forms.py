@@ -1,5 +1,7 @@
 """Forms only validate and normalise input; flows.py decides what it means."""
 
+import re
+
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm
 from django.utils.datastructures import MultiValueDict
@@ -47,10 +49,13 @@ class TextOnlyForm(forms.Form):
         return super().clean()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _without_surrogates(value):
-    if not isinstance(value, str):
+    if not isinstance(value, str) or value.isascii():  # C speed, even for a megabyte of input
         return value
-    return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in value)
+    return _SURROGATE.sub("\ufffd", value)
 
 
 class LoginForm(TextOnlyForm, AuthenticationForm):

@@ -199,6 +199,18 @@ def test_rotate_twice_is_idempotent(django_user_model, clock):
     everyone_logs_in(users, clock)
 
 
+def assert_first_batch_only_then_resume(users, old: str, new: str, clock) -> None:
+    """After a rotation of five users in batches of two stopped in its second batch: only the
+    first batch is under the new key, everyone logs in, and a second run finishes the rest."""
+    by_pk = sorted(users, key=lambda u: u.device.pk)
+    assert [encrypting_key_id(u) for u in by_pk] == [new, new, old, old, old]
+    everyone_logs_in(users, clock)
+    out, _ = keys("rotate", "--batch-size", "2")
+    assert "Rotated 3" in out and "2 already used it" in out
+    assert {encrypting_key_id(u) for u in users} == {new}
+    everyone_logs_in(users, clock)
+
+
 def test_rotate_interrupted_after_a_batch_then_resumed(django_user_model, clock, monkeypatch):
     users = make_users(django_user_model, ["u1", "u2", "u3", "u4", "u5"])
     (old,) = ring_ids()
@@ -219,15 +231,8 @@ def test_rotate_interrupted_after_a_batch_then_resumed(django_user_model, clock,
         keys("rotate", "--batch-size", "2")
     assert len(calls) == 3
 
-    by_pk = sorted(users, key=lambda u: u.device.pk)
-    assert [encrypting_key_id(u) for u in by_pk] == [new, new, old, old, old]
     # The second batch was rolled back as a whole, and nobody is locked out.
-    everyone_logs_in(users, clock)
-
-    out, _ = keys("rotate", "--batch-size", "2")
-    assert "Rotated 3" in out and "2 already used it" in out
-    assert {encrypting_key_id(u) for u in users} == {new}
-    everyone_logs_in(users, clock)
+    assert_first_batch_only_then_resume(users, old, new, clock)
 
 
 def test_rotate_rejects_a_bad_batch_size():
@@ -300,11 +305,15 @@ def test_rotation_never_overwrites_a_secret_changed_meanwhile(
         return real_reencrypt(self, token, user_pk)
 
     monkeypatch.setattr(crypto.KeyRing, "reencrypt", enrol_again_while_read)
-    out, err = keys("rotate", "--batch-size", "2")
+    out, _ = keys("rotate", "--batch-size", "2")
     assert rotation_paths == [expected_path()]
-    # Three rewritten; the victim's row, read again, already holds a secret under the primary.
-    assert "Rotated 3" in out and "1 already used it" in out, out
-    assert "kept changing" not in err
+    # Three rewritten; the victim's write found another ciphertext and was skipped.
+    assert "Rotated 3" in out, out
+    if connection.vendor == "postgresql":
+        # Read again under lock at the end: it already holds a secret under the primary. (On
+        # SQLite the batch holds the write lock, so only this test's own connection can change a
+        # row mid-batch, and nothing is read again.)
+        assert "1 already used it" in out, out
     assert crypto.decrypt_secret(victim.device.encrypted_secret, victim.user.pk) == fresh_secret
     assert {encrypting_key_id(u) for u in users} == {new}
     victim.secret = fresh_secret
@@ -332,15 +341,8 @@ def test_committed_rotation_stops_on_a_failed_write_and_resumes(
         patch.setattr(rotation, "_write", fail_second_write)
         keys("rotate", "--batch-size", "2")
     assert rotation_paths == [expected_path()]
-    by_pk = sorted(users, key=lambda u: u.device.pk)
     # The first batch committed; the failed one and everything after it are untouched.
-    assert [encrypting_key_id(u) for u in by_pk] == [new, new, old, old, old]
-    everyone_logs_in(users, clock)
-
-    out, _ = keys("rotate", "--batch-size", "2")
-    assert "Rotated 3" in out and "2 already used it" in out
-    assert {encrypting_key_id(u) for u in users} == {new}
-    everyone_logs_in(users, clock)
+    assert_first_batch_only_then_resume(users, old, new, clock)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -139,13 +139,6 @@ class Command(BaseCommand):
             f"Rotated {tally.rotated} secret(s) to primary key {crypto.key_id(ring.primary)}; "
             f"{tally.current} already used it."
         )
-        if tally.changed:
-            self.stderr.write(
-                self.style.WARNING(
-                    f"{tally.changed} secret(s) kept changing during the rotation (enrolments or "
-                    "resets); run `mfa_keys rotate` again to take them."
-                )
-            )
         if tally.failed:
             named = ", ".join(map(str, tally.failed_users))
             more = "..." if tally.failed > len(tally.failed_users) else ""
