@@ -6,6 +6,7 @@ flush and a Redis outage, no more than 100 consecutive failures are possible, an
 resets it. The clock is frozen (``clock``) so a burst of attempts falls in one rate window.
 """
 
+import hashlib
 import logging
 from datetime import timedelta
 
@@ -320,6 +321,12 @@ def test_a_counter_refuses_only_after_its_rate(clock, rf):
     ] * 2
 
 
+def test_rate_limits_can_be_switched_off_like_django_ratelimit(clock, rf, settings):
+    settings.RATELIMIT_ENABLE = False
+    check = ("test.off", "alice", "1/m")
+    assert [throttle.check_rates(rf.post("/"), check) for _ in range(3)] == [None] * 3
+
+
 @pytest.mark.services
 def test_redis_counters_do_not_name_the_user(clock, rf):
     from django.core.cache import caches
@@ -333,6 +340,8 @@ def test_redis_counters_do_not_name_the_user(clock, rf):
     keys = [key.decode() for key in client.scan_iter(count=1000)]
     assert len(keys) == 1 and "mfa.rate:mfa.login.user:60:" in keys[0]
     assert "alice-the-user" not in keys[0]
+    # Keyed: not the plain SHA-256 that anyone could recompute from a list of names.
+    assert hashlib.sha256(b"alice-the-user").hexdigest()[:32] not in keys[0]
     assert 0 < client.ttl(keys[0]) <= 61
 
 
