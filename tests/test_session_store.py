@@ -28,18 +28,78 @@ def saved_session(**data) -> SessionStore:
     return SessionStore(session.session_key)
 
 
-def test_cycle_key_writes_nothing_until_save_then_one_insert(django_assert_num_queries):
+def test_cycle_key_writes_nothing_then_one_update_moves_the_row(django_assert_num_queries):
     session = saved_session(a=1)
     old_key = session.session_key
-    with django_assert_num_queries(2):  # load the data, delete the old row
+    with django_assert_num_queries(1):  # loads the data, writes nothing
         session.cycle_key()
     new_key = session.session_key
     assert new_key != old_key and len(new_key) == 32
-    assert stored(old_key) is None and stored(new_key) is None
+    # Until the save, the old row keeps the old data and the new key holds nothing.
+    assert stored(old_key) == {"a": 1} and stored(new_key) is None
     session["b"] = 2
-    with django_assert_num_queries(1):  # the INSERT: no existence check, no savepoint
+    with django_assert_num_queries(1):  # one UPDATE: no existence check, no savepoint
         session.save()
+    assert stored(old_key) is None  # the old key is gone with the move
     assert stored(new_key) == {"a": 1, "b": 2}
+    assert Session.objects.count() == 1
+
+
+def test_a_cycled_key_with_no_stored_row_is_inserted(django_assert_num_queries):
+    session = SessionStore()
+    session["a"] = 1
+    session.cycle_key()  # a new visitor: nothing stored yet
+    with django_assert_num_queries(1):
+        session.save()
+    assert stored(session.session_key) == {"a": 1}
+
+
+def test_an_old_row_ended_meanwhile_is_not_resurrected_under_its_old_key():
+    session = saved_session(a=1)
+    old_key = session.session_key
+    session.cycle_key()
+    SessionStore(old_key).delete()  # "sign out everywhere else" between the cycle and the save
+    session["b"] = 2
+    session.save()  # moves nothing, so INSERTs
+    assert stored(old_key) is None
+    assert stored(session.session_key) == {"a": 1, "b": 2}
+
+
+def test_cycling_twice_before_a_save_replaces_the_stored_row_once():
+    session = saved_session(a=1)
+    old_key = session.session_key
+    session.cycle_key()
+    session.cycle_key()
+    session.save()
+    assert stored(old_key) is None
+    assert stored(session.session_key) == {"a": 1}
+    assert Session.objects.count() == 1
+
+
+@pytest.mark.parametrize("how", ["flush", "delete"])
+def test_ending_a_cycled_session_before_its_save_removes_the_old_row(how):
+    session = saved_session(a=1)
+    old_key = session.session_key
+    session.cycle_key()
+    if how == "flush":  # logout() after login() in the same request
+        session.flush()
+    else:
+        session.delete()
+    assert stored(old_key) is None
+    assert Session.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_save_leaves_the_old_session_as_it_was():
+    session = saved_session(a=1)
+    old_key = session.session_key
+    with pytest.raises(RuntimeError), transaction.atomic():
+        session.cycle_key()
+        session["b"] = 2
+        session.save()
+        raise RuntimeError("the step fails after writing the session")
+    assert stored(old_key) == {"a": 1}
+    assert Session.objects.count() == 1
 
 
 def test_a_save_of_unchanged_data_writes_nothing(django_assert_num_queries):
@@ -59,15 +119,38 @@ def taken_key_next(monkeypatch, taken: str) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_taken_key_is_replaced_by_a_new_one(monkeypatch):
+@pytest.mark.parametrize("stored_before", [True, False], ids=["move", "insert"])
+def test_a_taken_key_is_replaced_by_a_new_one(monkeypatch, stored_before):
     other = saved_session(owner="someone else")
-    session = saved_session(owner="me")
+    if stored_before:
+        session = saved_session(owner="me")
+    else:
+        session = SessionStore()
+        session["owner"] = "me"
+    old_key = session.session_key
     taken_key_next(monkeypatch, other.session_key)
     session.cycle_key()
     assert session.session_key == other.session_key
     session.save()
     assert session.session_key == "k" * 32
     assert stored("k" * 32) == {"owner": "me"}
+    assert stored(other.session_key) == {"owner": "someone else"}
+    assert old_key is None or stored(old_key) is None
+    assert Session.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_keys_that_are_always_taken_fail_instead_of_looping(monkeypatch):
+    from django.contrib.sessions.backends.base import CreateError
+
+    other = saved_session(owner="someone else")
+    session = saved_session(owner="me")
+    old_key = session.session_key
+    monkeypatch.setattr(SessionStore, "_get_new_session_key", lambda self: other.session_key)
+    session.cycle_key()
+    with pytest.raises(CreateError):
+        session.save()
+    assert stored(old_key) == {"owner": "me"}
     assert stored(other.session_key) == {"owner": "someone else"}
 
 
@@ -100,6 +183,18 @@ def test_the_async_api_inserts_a_cycled_key_too(cycle):
     async_to_sync(session.asave)()
     assert stored(old_key) is None
     assert stored(session.session_key) == {"a": 1, "b": 2}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_async_flush_of_a_cycled_session_removes_the_old_row():
+    from asgiref.sync import async_to_sync
+
+    session = saved_session(a=1)
+    old_key = session.session_key
+    async_to_sync(session.acycle_key)()
+    async_to_sync(session.aflush)()
+    assert stored(old_key) is None
+    assert Session.objects.count() == 0
 
 
 def test_flush_then_save_starts_a_new_row():
