@@ -39,10 +39,16 @@ class SecondFactorMiddleware:
                 return redirect("mfa:login")
         key, sid = session.session_key, session.get(sessions.SID_KEY)
         response = self.get_response(request)
-        if sid is not None and session.session_key != key and session.get(sessions.SID_KEY) == sid:
+        if (
+            sid is not None
+            and session.session_key != key
+            and session.get(sessions.SID_KEY) == sid
+            and response.status_code < 500
+        ):
             # The key changed during this request (a password change re-keys the session):
             # the registration follows at once, not only at the session's next request. (A
-            # login registers a new sid with the new key itself.)
+            # login registers a new sid with the new key itself.) Not after a server error:
+            # SessionMiddleware does not save then, so the session stays under its old key.
             sessions.follow_key(session)
         return response
 

@@ -213,6 +213,27 @@ def test_end_sessions_reaches_a_session_after_admin_password_change(clock, user_
     assert is_logged_in(me)
 
 
+@pytest.mark.urls("tests.urls_rekey")
+def test_a_request_that_fails_after_a_key_change_leaves_the_registration_on_the_stored_key(
+    clock, user_with_totp
+):
+    # SessionMiddleware does not save a 500: the session lives on under its old key, and its
+    # registration must keep pointing there, or "sign out other sessions" would miss the row.
+    other = logged_in_as(user_with_totp)
+    other.raise_request_exception = False
+    old_key = other.session.session_key
+    assert other.get("/test/rekey-then-fail/").status_code == 500
+    assert other.session.session_key == old_key
+    assert UserSession.objects.get(sid=other.session[sessions.SID_KEY]).session_key == old_key
+    assert is_logged_in(other)
+
+    clock.shift(totp.STEP)
+    me = logged_in_as(user_with_totp)
+    assert me.post(END_SESSIONS).status_code == 302
+    assert not Session.objects.filter(session_key=old_key).exists()  # gone at once
+    assert_sent_to_login(other)
+
+
 # --- 3. An admin reset ends the sessions; adding 2FA needs a fresh password ------------------
 
 
