@@ -75,8 +75,9 @@ class SessionStore(DatabaseSessionStore):
             try:
                 self._write_new_key(data)
             except CreateError:
-                # The new key was taken after all (possible only outside a transaction, see
-                # _write_new_key): draw another. Three takes in a row are not a collision.
+                # The new key was taken after all (outside a transaction; inside one the
+                # error goes up, see _write_new_key): draw another. Three takes in a row are
+                # not a collision.
                 self._session_key = self._get_new_session_key()
                 continue
             self._unsaved_key = False
@@ -109,6 +110,8 @@ class SessionStore(DatabaseSessionStore):
                 if not moved:  # no old row (a new visitor, or it expired or was ended meanwhile)
                     obj.save(force_insert=True, using=using)
         except IntegrityError:
+            if transaction.get_connection(using).in_atomic_block:
+                raise  # the caller's transaction cannot go on: it fails as a whole
             raise CreateError from None
 
     def delete(self, session_key: str | None = None) -> None:

@@ -7,7 +7,7 @@ the session once: at the explicit save inside the step's transaction.
 
 import pytest
 from django.contrib.sessions.models import Session
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.test import Client
 
 from mfa.session_store import SessionStore
@@ -159,7 +159,7 @@ def test_a_taken_key_inside_a_transaction_fails_it_as_a_whole(monkeypatch):
     other = saved_session(owner="someone else")
     session = saved_session(owner="me")
     taken_key_next(monkeypatch, other.session_key)
-    with pytest.raises(DatabaseError), transaction.atomic():
+    with pytest.raises(IntegrityError), transaction.atomic():
         session.cycle_key()
         session.save()
     # Nothing of it happened: the old session is still there, the other one untouched.
