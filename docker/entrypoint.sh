@@ -2,7 +2,8 @@
 # Prepare the site, then run the command given (the image's CMD: gunicorn).
 #
 #   1. wait for the database (up to DB_WAIT_SECONDS, default 60)
-#   2. create the key ring if there is none and MFA_FERNET_KEYS is unset (never overwrites)
+#   2. create the key ring if there is none and MFA_FERNET_KEYS is unset (never overwrites;
+#      refuses, and so stops the start, when the database holds secrets: the ring was lost)
 #   3. apply migrations
 #   4. run Django's deployment checks: errors stop the start, warnings are printed
 #   5. exec the command, which replaces this shell and so receives the stop signals

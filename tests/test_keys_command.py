@@ -86,6 +86,18 @@ def test_generate_creates_a_private_ring(settings, tmp_path):
         keys("generate")
 
 
+def test_generate_refuses_a_new_ring_over_secrets_that_need_the_lost_one(
+    django_user_model, settings, tmp_path
+):
+    make_users(django_user_model, ["alice", "bob"])
+    settings.MFA_KEYS_DIR = str(tmp_path / "restored-volume-not-mounted")
+    with pytest.raises(CommandError, match="holds 2 secret"):
+        keys("generate")
+    assert not crypto.ring_path().exists()
+    out, _err = keys("generate", force=True)  # lost for good: the operator says so
+    assert crypto.ring_path().is_file() and "Created" in out
+
+
 def test_new_key_prints_a_key_without_touching_the_ring():
     before = ring_text()
     out, err = keys("new-key")

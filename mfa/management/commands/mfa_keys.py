@@ -10,12 +10,21 @@ import os
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from mfa import crypto, rotation
 from mfa.conf import settings
 from mfa.models import TOTPDevice
 
 User = get_user_model()
+
+
+def _stored_secrets() -> int:
+    """The number of stored TOTP secrets; 0 before the first migration."""
+    try:
+        return TOTPDevice.objects.count()
+    except DatabaseError:  # no table yet: a first start, before `migrate`
+        return 0
 
 
 class Command(BaseCommand):
@@ -25,7 +34,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
-        sub.add_parser("generate", help="Create the first key ring (never overwrites one).")
+        generate = sub.add_parser(
+            "generate", help="Create the first key ring (never overwrites one)."
+        )
+        generate.add_argument(
+            "--force",
+            action="store_true",
+            help="Create it even though the database holds secrets that a new ring cannot "
+            "decrypt (the ring was lost for good: those users need a recovery code or a reset).",
+        )
         sub.add_parser("add", help="Add a new primary key; old keys stay for decryption.")
         sub.add_parser("new-key", help="Print a new key, for a ring kept in the environment.")
         sub.add_parser("status", help="List the keys and how many secrets each decrypts.")
@@ -82,9 +99,21 @@ class Command(BaseCommand):
 
     # --- actions ----------------------------------------------------------------------------
 
-    def handle_generate(self, **options) -> None:
+    def handle_generate(self, force: bool = False, **options) -> None:
         self._refuse_env("generate")
         path = crypto.ring_path()
+        stored = 0 if path.exists() else _stored_secrets()
+        if stored and not force:
+            # A missing ring with secrets in the database is a ring that was lost (a volume
+            # not mounted, a file moved), not a first start: a new ring would read none of
+            # them, and restoring the real one later would mean overwriting it again.
+            raise CommandError(
+                f"{path} is missing, but the database holds {stored} secret(s) encrypted with "
+                "a key ring: restore that ring from its backup (or set "
+                f"{settings.KEYS_ENV}). If it is lost for good, `mfa_keys generate --force` "
+                "creates a new one; those users then sign in with a recovery code and enrol "
+                "again, or an administrator resets them."
+            )
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = crypto.new_key()
         try:
