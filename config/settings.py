@@ -233,6 +233,11 @@ DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "security@local
 
 # --- Internationalisation -------------------------------------------------------------------
 LANGUAGE_CODE = "en"
+# The pages are written in English and no translation ships with them. Left to follow the
+# browser, Django's own strings (form labels, its error messages) would come in the visitor's
+# language and mix two languages on one page, under a lang attribute that is only half true.
+# A site with translations of its own lists its languages here.
+LANGUAGES = [("en", "English")]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

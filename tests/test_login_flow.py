@@ -463,3 +463,11 @@ def test_audit_events_and_nothing_secret_logged(clock, user, mfa_log, mailoutbox
         for arg in record.args or ():
             for value in forbidden:
                 assert value not in str(arg)
+
+
+def test_pages_stay_in_one_language_whatever_the_browser_asks(client, db):
+    # No translation ships: Django's own strings must not switch language under the page's.
+    response = client.get("/accounts/login/", HTTP_ACCEPT_LANGUAGE="fr,de;q=0.8")
+    html = response.content.decode()
+    assert '<html lang="en">' in html
+    assert "Password" in html and "Mot de passe" not in html
