@@ -302,6 +302,19 @@ def test_login_without_csrf(clock, user):
     assert not is_logged_in(client)
 
 
+def test_a_stale_form_gets_the_sites_own_page_within_its_csp(clock, user):
+    # Signed in, then out, in another tab: the login form of this tab holds an old token.
+    client, token = csrf_client()
+    client.cookies["csrftoken"] = "x" * 32  # the cookie changed under the page
+    data = {"username": "alice", "password": PASSWORD, "csrfmiddlewaretoken": token}
+    response = client.post(LOGIN, data)
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert "This form has expired" in html and 'href="/accounts/login/"' in html
+    assert "<style" not in html and " style=" not in html  # Django's own page breaks the CSP
+    assert not is_logged_in(client)
+
+
 def test_login_with_csrf_works(clock, user):
     # The other side: the same request with its token goes through.
     client, token = csrf_client()
