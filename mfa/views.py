@@ -36,6 +36,8 @@ Kind = SecurityEvent.Kind
 Result = flows.Result
 
 GET_POST = require_http_methods(["GET", "POST"])
+# How a login's second step was made, as the audit trail records it.
+TOTP, RECOVERY = "totp", "recovery code"
 
 
 # --- Helpers --------------------------------------------------------------------------------
@@ -170,7 +172,7 @@ def _code_step(
                 flows.abandon_pending_login(request)
                 messages.info(request, _("Your sign-in changed meanwhile. Please start again."))
                 return redirect("mfa:login")
-            form.add_error("code", _code_error(outcome))
+            form.add_error("code", _code_error(outcome, method))
     return render(
         request,
         template,
@@ -179,7 +181,14 @@ def _code_step(
     )
 
 
-def _code_error(outcome: flows.Outcome) -> str:
+def _code_error(outcome: flows.Outcome, method: str) -> str:
+    if method == RECOVERY:
+        if outcome.result is Result.REPLAY:
+            return _("That recovery code has already been used. Each one works once.")
+        return _(
+            "That recovery code is not right. Check it against your latest list: "
+            "codes from a list you replaced no longer work."
+        )
     if outcome.result is Result.REPLAY:
         return _("That code has already been used. Wait for the next one and try again.")
     return _("That code is not right. Check your app's clock and try again.")
@@ -190,9 +199,7 @@ def _code_error(outcome: flows.Outcome) -> str:
 @GET_POST
 @pending_required
 def verify_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
-    return _code_step(
-        request, user, next_url, CodeForm, flows.verify_totp, "mfa/verify.html", "totp"
-    )
+    return _code_step(request, user, next_url, CodeForm, flows.verify_totp, "mfa/verify.html", TOTP)
 
 
 @sensitive_post_parameters("code")
@@ -207,7 +214,7 @@ def recovery_view(request: HttpRequest, user: Any, next_url: str) -> HttpRespons
         RecoveryCodeForm,
         flows.verify_recovery_code,
         "mfa/recovery_login.html",
-        "recovery code",
+        RECOVERY,
     )
 
 
@@ -347,7 +354,18 @@ def _reauth(
                 if outcome is not None and outcome.result is Result.GONE:
                     messages.info(request, _("Two-factor authentication is off."))
                     return redirect("mfa:security")
-                form.add_error(None, _("The password or the code is not right."))
+                if outcome is not None and outcome.result is Result.REPLAY:
+                    # The password was right (checked above) and so was the code, once: say
+                    # so, or the user hunts for a typo (a code just used to sign in).
+                    form.add_error(
+                        None,
+                        _(
+                            "That code has already been used. Wait for your app's next code, "
+                            "or use an unused recovery code."
+                        ),
+                    )
+                else:
+                    form.add_error(None, _("The password or the code is not right."))
     return render(request, template, {"form": form}, status=status)
 
 

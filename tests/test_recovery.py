@@ -20,7 +20,7 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from mfa import recovery, totp
+from mfa import flows, recovery, totp
 from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice
 from tests.conftest import (
     PASSWORD,
@@ -218,6 +218,19 @@ def test_recovery_code_logs_in_once(client, user_with_totp, clock):
     # A used code is a replay, not a guess: it does not spend the failure budget.
     assert user_with_totp.device.failure_count == 0
     assert RecoveryCode.objects.filter(user=user_with_totp.user, used_at__isnull=False).count() == 1
+
+
+def test_the_recovery_page_speaks_of_recovery_codes(client, user_with_totp, clock):
+    old_code = user_with_totp.codes[0]
+    user_with_totp.codes = flows._replace_recovery_codes(user_with_totp.user)  # a new list
+    response = recovery_login(client, old_code)
+    assert response.status_code == 400
+    assert "recovery code is not right" in response.text and "clock" not in response.text
+    assert recovery_login(client, user_with_totp.codes[0]).status_code == 302
+    client.post("/accounts/logout/")
+    again = recovery_login(client, user_with_totp.codes[0])
+    assert "recovery code has already been used" in again.text
+    assert "next one" not in again.text
 
 
 def _code_with_digits(user) -> str:
@@ -436,6 +449,16 @@ def test_regenerate_refuses_wrong_code(client, user_with_totp, clock):
     bad_recovery = "ZZZZ-ZZZZ-ZZZZ-ZZZZ"
     response = client.post(REGENERATE_URL, {"password": PASSWORD, "code": bad_recovery})
     assert response.status_code == 400
+    assert all(_old_code_still_works(c, user_with_totp.user) for c in user_with_totp.codes)
+
+
+def test_regenerate_with_the_code_just_used_says_it_was_used(client, user_with_totp, clock):
+    code = user_with_totp.code()
+    assert full_login(client, user_with_totp).status_code == 302  # spends this step's code
+    response = client.post(REGENERATE_URL, {"password": PASSWORD, "code": code})
+    assert response.status_code == 400
+    assert "already been used" in response.text
+    assert "password or the code is not right" not in response.text
     assert all(_old_code_still_works(c, user_with_totp.user) for c in user_with_totp.codes)
 
 
