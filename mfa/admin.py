@@ -35,13 +35,13 @@ def reset_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> No
             request, _("Only a superuser can reset a superuser's second factor."), messages.ERROR
         )
         return
-    for user in users:
-        flows.reset(user, _actor(request), request)
-    modeladmin.message_user(
+    count = sum(flows.reset(user, _actor(request), request) for user in users)
+    _report(
+        modeladmin,
         request,
-        ngettext("Reset two-factor for %d user.", "Reset two-factor for %d users.", len(users))
-        % len(users),
-        messages.SUCCESS,
+        ngettext("Reset two-factor for %d user.", "Reset two-factor for %d users.", count) % count,
+        len(users) - count,
+        _("Nothing to reset for %d of them: no two-factor authentication."),
     )
 
 
@@ -50,14 +50,22 @@ def reset_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> No
     permissions=["change"],
 )
 def unlock_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
-    count = sum(
-        flows.unlock(getattr(obj, "user", obj), _actor(request), request) for obj in queryset
-    )
-    modeladmin.message_user(
+    users = [getattr(obj, "user", obj) for obj in queryset]
+    count = sum(flows.unlock(user, _actor(request), request) for user in users)
+    _report(
+        modeladmin,
         request,
         ngettext("Unlocked %d user.", "Unlocked %d users.", count) % count,
-        messages.SUCCESS,
+        len(users) - count,
+        _("Nothing to unlock for %d of them: not locked, no failures."),
     )
+
+
+def _report(modeladmin, request: HttpRequest, done: str, skipped: int, why: str) -> None:
+    # An action that changed nothing for someone says so, instead of counting them as done.
+    if skipped:
+        done = f"{done} {why % skipped}"
+    modeladmin.message_user(request, done, messages.SUCCESS if not skipped else messages.WARNING)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -502,22 +502,34 @@ def disable(request: HttpRequest, user: Any) -> None:
     notify.send(user, Kind.DISABLED)
 
 
-def reset(user: Any, actor: str, request: HttpRequest | None = None) -> None:
+def reset(user: Any, actor: str, request: HttpRequest | None = None) -> bool:
     """Administrator's reset: the user must enrol again. Audited and notified.
 
     Every session of the user ends too: whoever holds one must log in again (with the password
     alone now), rather than enrol their own authenticator in a session they may have stolen.
+    Returns False, and does nothing, for a user with no second factor to reset.
     """
+    if not has_2fa(user) and not RecoveryCode.objects.filter(user=user).exists():
+        return False
     _remove(user)
     sessions.end_all(user, import_module(django_settings.SESSION_ENGINE).SessionStore)
     record(request, user, Kind.ADMIN_RESET, detail=f"by {actor}")
     notify.send(user, Kind.ADMIN_RESET)
+    return True
 
 
 def unlock(user: Any, actor: str, request: HttpRequest | None = None) -> bool:
-    """Clear the back-off and lock of the user's second factor. Audited and notified."""
-    changed = TOTPDevice.objects.filter(user=user).update(
-        failure_count=0, blocked_until=None, locked_at=None
+    """Clear the failures, back-off and lock of the user's second factor. Audited and notified.
+
+    Returns False, and does nothing, when there is nothing to clear (no second factor, or no
+    failure counted since the last success).
+    """
+    changed = (
+        TOTPDevice.objects.filter(user=user)
+        .filter(
+            Q(failure_count__gt=0) | Q(blocked_until__isnull=False) | Q(locked_at__isnull=False)
+        )
+        .update(failure_count=0, blocked_until=None, locked_at=None)
     )
     if changed:
         record(request, user, Kind.UNLOCKED, detail=f"by {actor}")

@@ -181,6 +181,23 @@ def test_reset_action(admin_client, user_with_totp, mailoutbox, changelist):
     assert TOTPDevice.objects.filter(user__username="root").exists()
 
 
+@pytest.mark.parametrize("action", ["reset_two_factor", "unlock_two_factor"])
+def test_actions_change_nothing_for_users_with_nothing_to_change(
+    admin_client, user_with_totp, bob, mailoutbox, action
+):
+    # bob has no second factor; alice has one, neither locked nor failing.
+    mailoutbox.clear()
+    events = SecurityEvent.objects.count()
+    pks = [bob.pk] + ([user_with_totp.user.pk] if action == "unlock_two_factor" else [])
+    response = run_action(admin_client, "/admin/auth/user/", action, pks)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "for 0 users" in html or "Unlocked 0 users" in html
+    assert f"Nothing to {action.split('_')[0]} for {len(pks)} of them" in html
+    assert mailoutbox == [] and SecurityEvent.objects.count() == events
+    assert TOTPDevice.objects.filter(user=user_with_totp.user).exists()
+
+
 def test_actions_need_csrf(admin_client, user_with_totp):
     strict = Client(enforce_csrf_checks=True)
     strict.cookies = admin_client.cookies  # the admin's session, without the form's token

@@ -503,6 +503,32 @@ def test_mfa_reset_removes_the_second_factor_audited_and_emailed(user_with_totp,
     assert is_logged_in(client)
 
 
+def test_mfa_reset_and_unlock_say_when_there_is_nothing_to_do(
+    django_user_model, user_with_totp, mailoutbox, clock
+):
+    from mfa.models import SecurityEvent, UserSession
+
+    django_user_model.objects.create_user("frank", "frank@example.com", PASSWORD)
+    frank = Client()
+    assert (
+        frank.post("/accounts/login/", {"username": "frank", "password": PASSWORD}).status_code
+        == 302
+    )
+    sessions_before = UserSession.objects.count()
+    for command, name, expected in [
+        ("mfa_reset", "frank", "no two-factor authentication; nothing to reset"),
+        ("mfa_unlock", "frank", "no two-factor authentication; nothing to unlock"),
+        ("mfa_unlock", "alice", "not locked and has no failures; nothing to unlock"),
+    ]:
+        out = io.StringIO()
+        call_command(command, name, stdout=out)
+        assert expected in out.getvalue()
+    assert is_logged_in(frank)  # no session was ended
+    assert UserSession.objects.count() == sessions_before
+    assert mailoutbox == []
+    assert not SecurityEvent.objects.filter(kind__in=["admin_reset", "unlocked"]).exists()
+
+
 def test_mfa_reset_and_unlock_name_unknown_users():
     with pytest.raises(CommandError, match="nobody"):
         call_command("mfa_reset", "nobody")

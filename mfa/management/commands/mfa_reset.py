@@ -16,5 +16,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, username: str, **options) -> None:
         user = get_user(username)
-        flows.reset(user, actor())
-        self.stdout.write(f"Reset two-factor authentication of {username}; they must enrol again.")
+        if flows.reset(user, actor()):
+            self.stdout.write(
+                f"Reset two-factor authentication of {username}; they must enrol again."
+            )
+        else:
+            self.stdout.write(f"{username} has no two-factor authentication; nothing to reset.")

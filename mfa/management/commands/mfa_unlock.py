@@ -15,5 +15,7 @@ class Command(BaseCommand):
         user = get_user(username)
         if flows.unlock(user, actor()):
             self.stdout.write(f"Unlocked the second factor of {username}.")
+        elif flows.has_2fa(user):
+            self.stdout.write(f"{username} is not locked and has no failures; nothing to unlock.")
         else:
             self.stdout.write(f"{username} has no two-factor authentication; nothing to unlock.")
