@@ -140,6 +140,7 @@ def test_missing_key_fails_closed(client, clock, user_with_totp, key_ring, mfa_l
     assert login_password(client).status_code == 302
     response = client.post("/accounts/2fa/verify/", {"code": user_with_totp.code()})
     _assert_refused_403(response, client)
+    assert "recovery code" in response.content.decode()  # the way in that needs no key
     errors = [r for r in mfa_log.records if r.name.startswith("mfa") and r.levelno >= logging.ERROR]
     assert errors, "the operator is told in the log"
     assert all(user_with_totp.secret not in r.getMessage() for r in mfa_log.records)
@@ -151,6 +152,11 @@ def test_missing_key_fails_closed(client, clock, user_with_totp, key_ring, mfa_l
     assert response.status_code == 302
     assert response["Location"].startswith("/accounts/login/")
     assert not is_logged_in(client)
+    # What the page offers works: a recovery code is an Argon2 hash, no key needed.
+    assert login_password(client).status_code == 302
+    code = user_with_totp.codes[0]
+    assert client.post("/accounts/2fa/recovery/", {"code": code}).status_code == 302
+    assert is_logged_in(client)
 
 
 def test_db_column_never_holds_plaintext(client, clock, user_with_totp):
