@@ -263,6 +263,19 @@ def _blocked(device: TOTPDevice) -> Outcome | None:
     return Outcome(Result.BLOCKED, retry_after=limited.retry_after, locked=limited.locked)
 
 
+def refusal(user: Any, limited: throttle.Limited) -> throttle.Limited | Outcome:
+    """A rate limit's refusal, or the database back-off's when that one lasts longer.
+
+    The two layers count over different times: Retry-After must not send the user back while
+    the account is still backed off (or locked). Read only when a rate limit refuses.
+    """
+    device = _device(user)
+    blocked = _blocked(device) if device is not None else None
+    if blocked is not None and (blocked.locked or blocked.retry_after > limited.retry_after):
+        return blocked
+    return limited
+
+
 @sensitive_variables()
 def read_secret(request: HttpRequest | None, user: Any, device: TOTPDevice) -> str | None:
     """Decrypt the user's secret, or log loudly and return None: never let anyone in."""

@@ -151,7 +151,7 @@ def _code_step(
             ),
             ("mfa.code.user", str(user.pk), settings.CODE_RATE),
         ):
-            return too_many(request, limited)
+            return too_many(request, flows.refusal(user, limited))
         status = 400
         if form.is_valid():
             outcome = check(
@@ -337,7 +337,7 @@ def _reauth(
         if limited := throttle.check_rates(
             request, ("mfa.change.user", str(user.pk), settings.CHANGE_RATE)
         ):
-            return too_many(request, limited)
+            return too_many(request, flows.refusal(user, limited))
         status = 400
         if form.is_valid():
             if not user.check_password(form.cleaned_data["password"]):

@@ -112,6 +112,18 @@ def fail(client, enrolled, times: int):
         assert client.post(VERIFY_URL, {"code": wrong(enrolled)}).status_code == 400
 
 
+def test_retry_after_of_a_rate_limit_covers_the_back_off(user_with_totp, clock):
+    # The rate window (5/m) ends 10 s after the fifth failure; the back-off it started, 60 s.
+    clock.shift(50 - int(timezone.now().timestamp()) % 60)
+    client = pending_client()
+    fail(client, user_with_totp, 5)
+    response = client.post(VERIFY_URL, {"code": user_with_totp.code()})  # the 6th: rate-limited
+    assert_limited(response)
+    assert int(response["Retry-After"]) == 60
+    clock.shift(11)  # the rate window is over, the back-off is not
+    assert_limited(client.post(VERIFY_URL, {"code": user_with_totp.code()}))
+
+
 def test_backoff_survives_cache_flush_and_new_session_then_expires(user_with_totp, clock):
     client = pending_client()
     for _ in range(5):
