@@ -422,8 +422,9 @@ def unused_code_count(user: Any) -> int:
 
 
 @sensitive_variables()
-def begin_enrolment(request: HttpRequest, user: Any) -> str:
-    """Return the secret being enrolled, creating it on first use.
+def begin_enrolment(request: HttpRequest, user: Any) -> tuple[str, bool]:
+    """Return the secret being enrolled, creating it on first use, and whether it is a new one
+    that replaced an earlier secret of this session which could no longer be read.
 
     It lives only in the session until a code proves the user has it, and even there it is
     encrypted and bound to the user (the session table is signed, not encrypted).
@@ -431,12 +432,12 @@ def begin_enrolment(request: HttpRequest, user: Any) -> str:
     token = request.session.get(ENROL_KEY)
     if token:
         try:
-            return crypto.decrypt_secret(token, user.pk)
+            return crypto.decrypt_secret(token, user.pk), False
         except crypto.UndecryptableSecret:
-            pass  # the key was rotated away, or the session was another user's: start over
+            pass  # the key was retired meanwhile, or the session was another user's
     secret = totp.generate_secret()
     request.session[ENROL_KEY] = crypto.encrypt_secret(secret, user.pk)
-    return secret
+    return secret, bool(token)
 
 
 @sensitive_variables()

@@ -258,13 +258,23 @@ def setup_view(request: HttpRequest) -> HttpResponse:
     if not flows.recently_authenticated(request):
         return _confirm_password(request)
     try:
-        secret = flows.begin_enrolment(request, user)
+        secret, restarted = flows.begin_enrolment(request, user)
     except crypto.KeyRingError:
         logger.error("two-factor setup unavailable: the key ring cannot be read")
         return render(request, "mfa/unreadable.html", {"setup": True}, status=503)
     form = CodeForm(request.POST if request.method == "POST" else None)
     status = 200
-    if request.method == "POST":
+    if restarted:
+        # The app holds the old secret, which no code of the new one can match: say why the
+        # page changed rather than call the user's right code wrong.
+        messages.warning(
+            request,
+            _(
+                "Setup had to start over because the server's encryption keys changed. Remove "
+                "the entry you just added from your app, then scan this new code."
+            ),
+        )
+    if request.method == "POST" and not restarted:
         status = 400
         if form.is_valid():
             codes = flows.confirm_enrolment(request, user, form.cleaned_data["code"])

@@ -107,6 +107,20 @@ def test_wrong_code_rerenders_same_secret_and_writes_nothing(logged_in, clock):
     assert not RecoveryCode.objects.exists()
 
 
+def test_a_setup_whose_key_was_retired_starts_over_and_says_why(logged_in, clock, user):
+    scanned = secret_from_setup_page(logged_in.get(SETUP).content.decode())
+    crypto.write_ring([crypto.new_key()])  # mfa_keys add, rotate, retire the old key
+    crypto.reload()
+    response = logged_in.post(SETUP, {"code": code_now(scanned)})  # right for the app's entry
+    html = response.content.decode()
+    assert "Setup had to start over" in html and "not match" not in html
+    new = secret_from_setup_page(html)
+    assert new != scanned and not TOTPDevice.objects.exists()
+    clock.shift(totp.STEP)
+    assert logged_in.post(SETUP, {"code": code_now(new)}).status_code == 200
+    assert crypto.decrypt_secret(TOTPDevice.objects.get(user=user).encrypted_secret, user.pk) == new
+
+
 def test_correct_code_creates_encrypted_device(logged_in, clock, user, mailoutbox):
     secret = secret_from_setup_page(logged_in.get(SETUP).content.decode())
     response = logged_in.post(SETUP, {"code": code_now(secret)})
@@ -236,7 +250,7 @@ def test_confirm_enrolment_itself_refuses_to_replace(rf, clock, user_with_totp):
     request = rf.post(SETUP)
     request.session = SessionStore()
     request.user = user_with_totp.user
-    new_secret = flows.begin_enrolment(request, user_with_totp.user)
+    new_secret = flows.begin_enrolment(request, user_with_totp.user)[0]
     before = user_with_totp.device.encrypted_secret
     assert flows.confirm_enrolment(request, user_with_totp.user, code_now(new_secret)) is None
     assert user_with_totp.device.encrypted_secret == before

@@ -382,8 +382,9 @@ def test_enrolment_secret_of_another_user_is_not_used(rf, clock, user):
     bob = get_user_model().objects.create_user("bob", "bob@example.com", PASSWORD)
     request = rf.get(SETUP)
     request.session = SessionStore()
-    alices = flows.begin_enrolment(request, user)
-    assert flows.begin_enrolment(request, bob) != alices
+    alices = flows.begin_enrolment(request, user)[0]
+    bobs, replaced = flows.begin_enrolment(request, bob)
+    assert bobs != alices and replaced
 
 
 # --- 6. Error reports hide the secret and the code -------------------------------------------
@@ -469,7 +470,7 @@ def test_error_during_enrolment_hides_the_new_secret(rf, clock, user, monkeypatc
     request = rf.post(SETUP)
     request.session = SessionStore()
     request.user = user
-    secret = flows.begin_enrolment(request, user)
+    secret = flows.begin_enrolment(request, user)[0]
     code = totp.code_at(secret, totp.step_of(totp.now()))
 
     def replace(user):
