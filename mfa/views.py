@@ -73,6 +73,9 @@ def pending_required(view: Callable) -> Callable:
         if pending is None:
             if request.method == "POST":
                 messages.error(request, _("Your sign-in expired. Please start again."))
+            if next_url := request.GET.get(REDIRECT_FIELD_NAME):
+                # Starting again still leads where the user was going.
+                return redirect_with_next("mfa:login", safe_next(request, next_url))
             return redirect("mfa:login")
         user, next_url = pending
         return view(request, user, next_url, *args, **kwargs)

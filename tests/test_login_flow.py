@@ -265,6 +265,15 @@ def test_pending_login_expires(client, clock, user_with_totp):
     assert not session_has_user(client)
 
 
+def test_an_expired_sign_in_starts_again_towards_the_same_page(client, clock, user_with_totp):
+    login_password(client, next="/accounts/2fa/")
+    clock.shift(300 + 1)
+    response = client.post(f"{VERIFY}?next=/accounts/2fa/", {"code": user_with_totp.code()})
+    assert response["Location"] == "/accounts/login/?next=%2Faccounts%2F2fa%2F"
+    evil = client.get(f"{VERIFY}?next=https://evil.example/")
+    assert evil["Location"] == "/accounts/login/?next=%2F"  # still never off-site
+
+
 def test_pending_login_just_before_expiry_works(client, clock, user_with_totp):
     # The other side of the edge: the expiry test above is not refusing everything.
     login_password(client)
