@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 Kind = SecurityEvent.Kind
 Result = flows.Result
 
-GET_POST = require_http_methods(["GET", "POST"])
+# HEAD is answered as GET, without the body (uptime checks, link previews).
+GET_POST = require_http_methods(["GET", "HEAD", "POST"])
 # How a login's second step was made, as the audit trail records it.
 TOTP, RECOVERY = "totp", "recovery code"
 

@@ -267,6 +267,13 @@ def test_wrong_method(client, clock, user, method, url):
     assert response.status_code == 405
 
 
+def test_head_is_answered_like_get_without_a_body(client, pending):
+    for url in (VERIFY, LOGIN):
+        response = client.head(url)
+        assert response.status_code == 200 and response.content == b""
+    assert not is_logged_in(client)
+
+
 @pytest.mark.parametrize("method", ["put", "delete"])
 def test_wrong_method_on_verify_while_pending(client, pending, method):
     response = getattr(client, method)(VERIFY, "code=" + pending.code())
