@@ -39,7 +39,9 @@ def check_key_ring(app_configs=None, **kwargs) -> list:
         return [
             Error(
                 f"The MFA key ring {path} does not exist: no TOTP secret can be stored or read.",
-                hint=f"{hint} (or set {settings.KEYS_ENV}).",
+                hint=f"On a first start: python manage.py mfa_keys generate (or set "
+                f"{settings.KEYS_ENV}). If users have enrolled already, the ring was lost: "
+                "restore it from its backup.",
                 id="mfa.E001",
             )
         ]
