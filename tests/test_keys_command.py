@@ -98,6 +98,22 @@ def test_generate_refuses_a_new_ring_over_secrets_that_need_the_lost_one(
     assert crypto.ring_path().is_file() and "Created" in out
 
 
+def test_generate_creates_no_ring_when_the_database_cannot_say_what_it_holds(
+    settings, tmp_path, monkeypatch
+):
+    from django.db import OperationalError
+    from django.db.backends.base.introspection import BaseDatabaseIntrospection
+
+    def unreachable(self, *args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(BaseDatabaseIntrospection, "table_names", unreachable)
+    settings.MFA_KEYS_DIR = str(tmp_path / "ring-volume")
+    with pytest.raises(OperationalError):
+        keys("generate")
+    assert not crypto.ring_path().exists()
+
+
 def test_new_key_prints_a_key_without_touching_the_ring():
     before = ring_text()
     out, err = keys("new-key")

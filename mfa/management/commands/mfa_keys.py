@@ -10,7 +10,7 @@ import os
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError
+from django.db import connections, router
 
 from mfa import crypto, rotation
 from mfa.conf import settings
@@ -20,11 +20,14 @@ User = get_user_model()
 
 
 def _stored_secrets() -> int:
-    """The number of stored TOTP secrets; 0 before the first migration."""
-    try:
-        return TOTPDevice.objects.count()
-    except DatabaseError:  # no table yet: a first start, before `migrate`
-        return 0
+    """The number of stored TOTP secrets; 0 before the first migration.
+
+    A database that cannot be reached raises: it may hold secrets, so no ring is created.
+    """
+    connection = connections[router.db_for_read(TOTPDevice)]
+    if TOTPDevice._meta.db_table not in connection.introspection.table_names():
+        return 0  # a first start, before `migrate`
+    return TOTPDevice.objects.count()
 
 
 class Command(BaseCommand):
