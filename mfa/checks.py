@@ -3,45 +3,117 @@
 mfa.E001  the key ring does not exist
 mfa.E002  the key ring cannot be read
 mfa.E003  the key ring holds no key, or an entry that is not a Fernet key
+mfa.W001  E001, E002 or E003 while a command that needs no key runs (migrate, test, ...)
 mfa.E004  the key ring file can be read or written by other users
 mfa.E005  the key directory can be written by other users
 mfa.E006  a rate setting (MFA_*_RATE) is not a rate such as 5/m or 100/15m
+mfa.E009  LOGIN_URL or the URL named "login" leads to a login view that is not the app's
+mfa.E010  the key ring's directory is inside a git work tree, and git does not ignore the ring
+mfa.W013  the key ring is inside a git work tree, and whether git ignores it cannot be told
 mfa.W010  the per-process in-process cache backs the rate limits of a multi-process server
 mfa.W011  the admin lets staff in without two-factor authentication (production)
+mfa.W012  LOGIN_REDIRECT_URL leads to no page of this site
+
+docs/settings.md lists them with what to do about each.
 """
 
 import os
 import re
+import shutil
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
+from django.conf import global_settings
 from django.conf import settings as django_settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.management.base import BaseCommand
+from django.shortcuts import resolve_url
+from django.urls import NoReverseMatch, Resolver404, resolve, reverse
 
-from . import crypto
+from . import conf, crypto
 from .conf import settings
 
-__all__ = ["check_key_ring", "check_rate_limit_cache", "check_rates", "check_staff_policy"]
+__all__ = [
+    "STRICT_COMMANDS",
+    "check_key_ring",
+    "check_key_ring_not_in_git",
+    "check_login_redirect",
+    "check_login_url",
+    "check_rate_limit_cache",
+    "check_rates",
+    "check_staff_policy",
+    "running_command",
+]
 
 LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
 
 
+# The commands for which a missing or broken ring is an error: they serve requests, or they
+# are how a deploy pipeline asks whether the site may serve (`check`, `check --deploy`).
+# mfa_keys runs no checks: its subcommands that need a ring refuse on their own. Every other
+# command (migrate, makemigrations, test, shell, collectstatic, ...) reads no key, so a fresh
+# clone or a CI job without a ring gets mfa.W001 and runs. Checks run outside any command
+# (a WSGI server's start-up hook such as gunicorn.conf.py's, a direct run_checks()) are strict.
+STRICT_COMMANDS = frozenset({"check", "runserver", "mfa_keys"})
+_NEEDS_A_RING = {"mfa.E001", "mfa.E002", "mfa.E003"}
+
+
+def running_command() -> str | None:
+    """Return the name of the management command whose checks are running, if any.
+
+    Found on the call stack rather than in sys.argv, so that call_command("migrate") and
+    `manage.py migrate` are told apart from pytest or a server: the innermost frame whose
+    ``self`` is a BaseCommand names the command (its module is management/commands/<name>).
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, BaseCommand):
+            return type(candidate).__module__.rpartition(".")[2]
+        frame = frame.f_back
+    return None
+
+
 @register(Tags.security)
 def check_key_ring(app_configs=None, **kwargs) -> list:
+    found = _key_ring_problems()
+    command = running_command()
+    if command is None or command in STRICT_COMMANDS:
+        return found
+    return [_as_warning(message) if message.id in _NEEDS_A_RING else message for message in found]
+
+
+def _as_warning(error: Error) -> Warning:
+    return Warning(
+        error.msg,
+        hint=f"{error.hint + ' ' if error.hint else ''}(This is error {error.id} for "
+        f"{', '.join(sorted(STRICT_COMMANDS))} and the server's start-up checks.)",
+        id="mfa.W001",
+    )
+
+
+def _key_ring_problems() -> list:
     if os.environ.get(settings.KEYS_ENV, "").strip():
         try:
             crypto.load_keys()
         except crypto.KeyRingError as exc:
             return [Error(f"The MFA key ring is invalid: {exc}.", id="mfa.E003")]
         return []
-    path = crypto.ring_path()
+    try:
+        path = crypto.ring_path()
+    except crypto.KeyRingError as exc:
+        return [Error(f"The MFA key ring has no place: {exc}", id="mfa.E001")]
     hint = "Create it with: python manage.py mfa_keys generate"
     if not path.exists():
         return [
             Error(
                 f"The MFA key ring {path} does not exist: no TOTP secret can be stored or read.",
-                hint=f"On a first start: python manage.py mfa_keys generate (or set "
-                f"{settings.KEYS_ENV}). If users have enrolled already, the ring was lost: "
-                "restore it from its backup.",
+                hint=f"On a first start: python manage.py mfa_keys generate (or set the "
+                f"environment variable {settings.KEYS_ENV}), with MFA_KEYS_DIR naming a "
+                "directory outside the repository. If users have enrolled already, the ring "
+                "was lost or MFA_KEYS_DIR moved: restore it from its backup.",
                 id="mfa.E001",
             )
         ]
@@ -77,6 +149,68 @@ def check_key_ring(app_configs=None, **kwargs) -> list:
     return errors
 
 
+@register(Tags.security)
+def check_key_ring_not_in_git(app_configs=None, **kwargs) -> list:
+    # A ring inside a work tree is one `git add -A` away from the repository, and from every
+    # clone, fork and CI log of it. Ignored there (the demo's keys/.gitignore) is acceptable.
+    if os.environ.get(settings.KEYS_ENV, "").strip():
+        return []  # no ring file
+    try:
+        path = crypto.ring_path()
+    except crypto.KeyRingError:
+        return []  # E001 says so
+    path = Path(os.path.abspath(path))
+    top = _work_tree(path.parent)
+    if top is None:
+        return []
+    git = shutil.which("git")
+    if git is None:
+        return [_cannot_tell(path, top, "git is not installed to ask whether it ignores it")]
+    # Without GIT_DIR and friends from our own environment (a git hook, a CI runner): the
+    # question is about the work tree found on disk.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    try:
+        result = subprocess.run(
+            [git, "-C", str(top), "check-ignore", "-q", str(path)],
+            env=env,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return [_cannot_tell(path, top, "git could not be run")]
+    if result.returncode == 0:
+        return []
+    if result.returncode == 1:  # not ignored, or tracked already (tracked files never are)
+        return [
+            Error(
+                f"The MFA key ring {path} is inside the git work tree {top}, which does not "
+                "ignore it: a `git add -A` would commit every user's TOTP key.",
+                hint="Set MFA_KEYS_DIR to a directory outside the repository (or leave it "
+                "unset for the per-user default), or ignore the file in .gitignore. If it "
+                "was committed, the keys are compromised: add a new key and rotate.",
+                id="mfa.E010",
+            )
+        ]
+    return [_cannot_tell(path, top, "git check-ignore failed")]
+
+
+def _work_tree(directory: Path) -> Path | None:
+    """Return the nearest directory at or above ``directory`` holding ``.git`` (file or dir)."""
+    for candidate in (directory, *directory.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
+
+
+def _cannot_tell(path: Path, top: Path, why: str) -> Warning:
+    return Warning(
+        f"The MFA key ring {path} is inside the git work tree {top}; {why}.",
+        hint="Make sure git ignores it (git check-ignore -v), or set MFA_KEYS_DIR to a "
+        "directory outside the repository.",
+        id="mfa.W013",
+    )
+
+
 RATE_SETTINGS = ["CODE_RATE", "CODE_IP_RATE", "LOGIN_USER_RATE", "LOGIN_IP_RATE", "CHANGE_RATE"]
 # At most four digits of period multiplier: a longer period is a typo (and beyond Redis's
 # expiry times).
@@ -101,8 +235,10 @@ def check_rates(app_configs=None, **kwargs) -> list:
 def check_rate_limit_cache(app_configs=None, **kwargs) -> list:
     name = getattr(django_settings, "RATELIMIT_USE_CACHE", "default")
     backend = django_settings.CACHES.get(name, {}).get("BACKEND", "")
-    # WEB_CONCURRENCY is the worker count gunicorn (and our gunicorn.conf.py) reads. One
-    # process sharing one cache is exactly what `./run` and `runserver` are: no warning then.
+    # WEB_CONCURRENCY is the worker count gunicorn reads; the demo's gunicorn.conf.py sets it
+    # to the count it really runs, and runs these checks in the master before forking. Unset,
+    # it is one process sharing one cache, which is what `./run` and `runserver` are: no
+    # warning then.
     try:
         processes = int(os.environ.get("WEB_CONCURRENCY", "1"))
     except ValueError:
@@ -113,9 +249,90 @@ def check_rate_limit_cache(app_configs=None, **kwargs) -> list:
         Warning(
             "The rate limits are counted in the in-process cache, so each server process "
             "counts separately and a restart forgets them.",
-            hint="Set REDIS_URL so that every process shares the counters (the database "
-            "back-off holds either way).",
+            hint="Point RATELIMIT_USE_CACHE (default: the 'default' entry of CACHES) at a "
+            "cache that every process shares, such as django.core.cache.backends.redis."
+            "RedisCache; the database back-off holds either way.",
             id="mfa.W010",
+        )
+    ]
+
+
+@register(Tags.security, Tags.urls)
+def check_login_url(app_configs=None, **kwargs) -> list:
+    # Django's LoginView in front of the app's (django.contrib.auth.urls mounted before
+    # mfa.urls) logs a 2FA user in with a password alone; the middleware then ends that
+    # session, and the user is sent back to the same page for ever.
+    from . import views
+
+    errors = []
+    url = resolve_url(django_settings.LOGIN_URL)
+    if "://" not in url and not url.startswith("//"):  # a login on another host: not ours
+        view = _view_of(url)
+        if view is not views.login_view:
+            errors.append(
+                Error(
+                    f"LOGIN_URL ({django_settings.LOGIN_URL!r}, {url}) leads to "
+                    f"{_name(view)}, not to mfa.views.login_view: users with two-factor "
+                    "authentication could never log in.",
+                    hint='Set LOGIN_URL = "mfa:login", and include("mfa.urls") before '
+                    'include("django.contrib.auth.urls") when both share a prefix.',
+                    id="mfa.E009",
+                )
+            )
+    try:
+        stock = reverse("login")
+    except NoReverseMatch:
+        return errors
+    view = _view_of(stock)
+    if view is not views.login_view:
+        errors.append(
+            Error(
+                f'The URL named "login" ({stock}) leads to {_name(view)}, not to '
+                "mfa.views.login_view: a user with two-factor authentication who logs in "
+                "there is sent back to the login page.",
+                hint='Mount path("accounts/", include("mfa.urls")) before '
+                'path("accounts/", include("django.contrib.auth.urls")), so that the app\'s '
+                "login/ and logout/ win and password change and reset still work.",
+                id="mfa.E009",
+            )
+        )
+    return errors
+
+
+def _view_of(url: str):
+    try:
+        return resolve(url.split("?", 1)[0]).func
+    except Resolver404:
+        return None
+
+
+def _name(view) -> str:
+    if view is None:
+        return "no view"
+    view = getattr(view, "view_class", view)
+    return f"{view.__module__}.{view.__qualname__}"
+
+
+@register(Tags.urls)
+def check_login_redirect(app_configs=None, **kwargs) -> list:
+    value = django_settings.LOGIN_REDIRECT_URL
+    if conf.serves(resolve_url(value)):
+        return []
+    if value == global_settings.LOGIN_REDIRECT_URL:
+        return [
+            Warning(
+                f"LOGIN_REDIRECT_URL is Django's default {value}, which this site does not "
+                "serve: the app lands users on their security page (mfa:security) instead.",
+                hint="Set LOGIN_REDIRECT_URL to the page a login should land on.",
+                id="mfa.W012",
+            )
+        ]
+    return [
+        Warning(
+            f"LOGIN_REDIRECT_URL = {value!r} leads to no page of this site: a login without "
+            "a next page lands on a 404.",
+            hint="Set LOGIN_REDIRECT_URL to a URL name or path this site serves.",
+            id="mfa.W012",
         )
     ]
 

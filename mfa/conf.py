@@ -1,10 +1,22 @@
-"""The module's settings, each read lazily so ``override_settings`` just works."""
+"""The module's settings, each read lazily so ``override_settings`` just works.
 
+docs/settings.md is the reference: every setting, its default and the reason for it.
+"""
+
+import hashlib
+import os
 from pathlib import Path
 
+from django.apps import apps
+from django.conf import global_settings
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured, ObjectDoesNotExist
+from django.http import HttpRequest
+from django.http.request import split_domain_port
+from django.shortcuts import resolve_url
+from django.urls import Resolver404, resolve, reverse
 
-__all__ = ["settings"]
+__all__ = ["default_keys_dir", "issuer", "landing_url", "serves", "settings"]
 
 
 class Settings:
@@ -13,12 +25,16 @@ class Settings:
     @property
     def ISSUER(self) -> str:
         # Shown by the authenticator app above the account name. Colons would break the label.
-        return getattr(django_settings, "MFA_ISSUER", "Django")
+        # Empty: issuer() names the site instead (never the framework).
+        return getattr(django_settings, "MFA_ISSUER", "")
 
     @property
     def KEYS_DIR(self) -> Path:
-        # The Fernet key ring lives in the file "ring" here, outside the database and git.
-        return Path(getattr(django_settings, "MFA_KEYS_DIR", "keys"))
+        # The Fernet key ring lives in the file "ring" here, outside the database and git. The
+        # default is outside every project (default_keys_dir), never relative to the current
+        # directory, where a `git add -A` would commit it.
+        value = getattr(django_settings, "MFA_KEYS_DIR", None)
+        return Path(value) if value else default_keys_dir()
 
     @property
     def KEYS_ENV(self) -> str:
@@ -123,3 +139,86 @@ class Settings:
 
 
 settings = Settings()
+
+
+def default_keys_dir() -> Path:
+    """Return the per-user data directory of this site's key ring (MFA_KEYS_DIR unset).
+
+    ``$XDG_DATA_HOME/django-mfa/<site>``, else ``~/.local/share/django-mfa/<site>``: outside
+    any repository, and private to the account. ``<site>`` tells two sites on one account
+    apart by the database whose secrets the ring encrypts (engine, host, port and name, hashed;
+    never the credentials), so two releases of one site share a ring and two sites do not.
+    """
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):  # the XDG spec: a relative value is to be ignored
+        home = os.path.expanduser("~")
+        # A service account may have no home ("~" stays unexpanded) or "/" or /nonexistent.
+        if not os.path.isabs(home) or home == "/" or not os.path.isdir(home):
+            raise ImproperlyConfigured(
+                "MFA_KEYS_DIR is not set and this account has no home directory for the "
+                "default; set MFA_KEYS_DIR to a directory outside the repository."
+            )
+        base = os.path.join(home, ".local", "share")
+    return Path(base) / "django-mfa" / _site_name()
+
+
+def _site_name() -> str:
+    database = django_settings.DATABASES.get("default", {})
+    identity = "|".join(
+        str(database.get(part) or "") for part in ("ENGINE", "HOST", "PORT", "NAME")
+    )
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    stem = Path(str(database.get("NAME") or "site")).stem or "site"
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)[:40]
+    return f"{safe}-{digest}"
+
+
+def issuer(request: HttpRequest | None = None) -> str:
+    """Return the name authenticator apps show for this site: MFA_ISSUER, else the site's."""
+    if settings.ISSUER:
+        return settings.ISSUER
+    if apps.is_installed("django.contrib.sites"):
+        from django.contrib.sites.shortcuts import get_current_site
+
+        try:
+            name = get_current_site(request).name
+        except (ImproperlyConfigured, ObjectDoesNotExist):
+            name = ""  # no SITE_ID and no request, or no Site row for this host
+        # "example.com" is what Django's sites migration creates: nobody's real name.
+        if name and name != "example.com":
+            return name
+    if request is not None:
+        domain, _port = split_domain_port(request.get_host())
+        if domain:
+            return domain
+    for host in django_settings.ALLOWED_HOSTS:
+        if host and "*" not in host and not host.startswith("."):
+            return host
+    return "Two-factor login"
+
+
+def serves(url: str) -> bool:
+    """Tell whether ``url`` is a path this site serves (an absolute URL is taken on trust)."""
+    if "://" in url or url.startswith("//"):
+        return True
+    if not url.startswith("/"):
+        return False  # a URL name that does not reverse: resolve_url gave it back unchanged
+    try:
+        resolve(url.split("?", 1)[0])
+    except Resolver404:
+        return False
+    return True
+
+
+def landing_url() -> str:
+    """Return where a login lands without a ``next``: LOGIN_REDIRECT_URL, if the site has it.
+
+    Django's default, /accounts/profile/, is a page that few sites have; when it resolves to
+    nothing the user lands on their security page instead of a 404 (check mfa.W012 says so).
+    """
+    url = resolve_url(django_settings.LOGIN_REDIRECT_URL)
+    if django_settings.LOGIN_REDIRECT_URL == global_settings.LOGIN_REDIRECT_URL and not (
+        serves(url)
+    ):
+        return reverse("mfa:security")
+    return url

@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
@@ -58,7 +59,11 @@ class UndecryptableSecret(Exception):
 
 
 def ring_path() -> Path:
-    return settings.KEYS_DIR / RING_FILE
+    """Return the ring file's path, or raise ``KeyRingError`` when no directory is known."""
+    try:
+        return settings.KEYS_DIR / RING_FILE
+    except ImproperlyConfigured as exc:
+        raise KeyRingError(str(exc)) from None
 
 
 def new_key() -> bytes:
@@ -114,7 +119,8 @@ def write_ring(keys: list[bytes], *, create: bool = False) -> Path:
     if not keys:
         raise KeyRingError("refusing to write an empty key ring")
     path = ring_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # 0700: the ring's own directory is the site user's alone (check mfa.E005).
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ring-")
     try:
         os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)

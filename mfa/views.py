@@ -17,7 +17,7 @@ from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import redirect, render, resolve_url
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
@@ -26,7 +26,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
 
-from . import crypto, flows, sessions, throttle, totp
+from . import conf, crypto, flows, sessions, throttle, totp
 from .conf import settings
 from .forms import CodeForm, LoginForm, PasswordForm, ReauthForm, RecoveryCodeForm
 from .models import SecurityEvent, TOTPDevice
@@ -50,7 +50,7 @@ def safe_next(request: HttpRequest, candidate: str | None) -> str:
         candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):
         return candidate
-    return resolve_url(django_settings.LOGIN_REDIRECT_URL)
+    return conf.landing_url()
 
 
 def too_many(request: HttpRequest, limited: throttle.Limited | flows.Outcome) -> HttpResponse:
@@ -287,7 +287,8 @@ def setup_view(request: HttpRequest) -> HttpResponse:
             form.add_error(
                 "code", _("That code does not match. Check the app shows this account's code.")
             )
-    uri = totp.provisioning_uri(secret, user.get_username(), settings.ISSUER)
+    issuer = conf.issuer(request)
+    uri = totp.provisioning_uri(secret, user.get_username(), issuer)
     qr, qr_size = qr_data_uri(uri)
     context = {
         "form": form,
@@ -296,7 +297,7 @@ def setup_view(request: HttpRequest) -> HttpResponse:
         # A phone cannot scan its own screen: it can open the app through the link instead.
         "otpauth_uri": uri,
         "secret_grouped": totp.group_secret(secret),
-        "issuer": settings.ISSUER,
+        "issuer": issuer,
         "account": user.get_username(),
         "code_count": settings.RECOVERY_CODE_COUNT,
     }

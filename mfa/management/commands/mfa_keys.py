@@ -73,6 +73,12 @@ class Command(BaseCommand):
     def _keys(self) -> list[bytes]:
         return list(self._ring().keys)
 
+    def _ring_path(self):
+        try:
+            return crypto.ring_path()
+        except crypto.KeyRingError as exc:  # no MFA_KEYS_DIR and no home for the default
+            raise CommandError(str(exc)) from None
+
     def _ring(self) -> crypto.KeyRing:
         try:
             return crypto.current()
@@ -104,7 +110,7 @@ class Command(BaseCommand):
 
     def handle_generate(self, force: bool = False, **options) -> None:
         self._refuse_env("generate")
-        path = crypto.ring_path()
+        path = self._ring_path()
         stored = 0 if path.exists() else _stored_secrets()
         if stored and not force:
             # A missing ring with secrets in the database is a ring that was lost (a volume
@@ -141,7 +147,7 @@ class Command(BaseCommand):
 
     def handle_status(self, **options) -> None:
         counts, lost = self._usage()
-        source = settings.KEYS_ENV if self._from_env() else str(crypto.ring_path())
+        source = settings.KEYS_ENV if self._from_env() else str(self._ring_path())
         self.stdout.write(f"Key ring: {source}")
         for index, (key, count) in enumerate(counts.items()):
             role = "primary" if index == 0 else "old    "
