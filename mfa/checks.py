@@ -284,7 +284,7 @@ def check_login_url(app_configs=None, **kwargs) -> list:
     except NoReverseMatch:
         return errors
     view = _view_of(stock)
-    if view is not views.login_view:
+    if view is not views.login_view and not (errors and stock == url):  # said once is enough
         errors.append(
             Error(
                 f'The URL named "login" ({stock}) leads to {_name(view)}, not to '
@@ -316,7 +316,11 @@ def _name(view) -> str:
 @register(Tags.urls)
 def check_login_redirect(app_configs=None, **kwargs) -> list:
     value = django_settings.LOGIN_REDIRECT_URL
-    if conf.serves(resolve_url(value)):
+    try:
+        url = resolve_url(value)
+    except NoReverseMatch:  # a bare name that reverses to nothing
+        url = ""
+    if conf.serves(url):
         return []
     if value == global_settings.LOGIN_REDIRECT_URL:
         return [

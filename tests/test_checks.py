@@ -1,12 +1,20 @@
-"""System checks mfa.E001-E005, W010, W011: each situation yields exactly its own id."""
+"""System checks mfa.E001-E010, W001, W010-W013: each situation yields exactly its own id."""
 
+import io
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 from django.core import checks as django_checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 
 from mfa import checks, crypto
+
+ROOT = Path(__file__).resolve().parent.parent
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 REDIS = {
@@ -134,6 +142,239 @@ def test_checks_are_registered_under_security(ring):
     assert "mfa.E001" in ids(found)
 
 
+# --- W001: commands that need no key run with a warning --------------------------------------
+
+
+def test_running_command_outside_any_command_is_none():
+    assert checks.running_command() is None
+
+
+@pytest.mark.django_db
+def test_w001_migrate_runs_without_a_ring(ring):
+    ring.unlink()
+    err = io.StringIO()
+    call_command("migrate", skip_checks=False, verbosity=0, stdout=io.StringIO(), stderr=err)
+    assert "mfa.W001" in err.getvalue()
+    assert "mfa.E001" in err.getvalue()  # the hint names the error it stands for
+
+
+def test_w001_is_exactly_its_id_for_a_lenient_command(ring, monkeypatch):
+    ring.unlink()
+    monkeypatch.setattr(checks, "running_command", lambda: "makemigrations")
+    assert ids(checks.check_key_ring()) == ["mfa.W001"]
+
+
+@pytest.mark.parametrize("content", ["", "not a key\n"])
+def test_w001_stands_for_e003_too(ring, monkeypatch, content):
+    ring.write_text(content)
+    crypto.reload()
+    monkeypatch.setattr(checks, "running_command", lambda: "test")
+    assert ids(checks.check_key_ring()) == ["mfa.W001"]
+
+
+def test_w001_does_not_soften_permission_errors(ring, monkeypatch):
+    ring.chmod(0o644)
+    monkeypatch.setattr(checks, "running_command", lambda: "migrate")
+    assert ids(checks.check_key_ring()) == ["mfa.E004"]
+
+
+@pytest.mark.parametrize("command", sorted(checks.STRICT_COMMANDS))
+def test_e001_stays_an_error_for_serving_and_check(ring, monkeypatch, command):
+    ring.unlink()
+    monkeypatch.setattr(checks, "running_command", lambda: command)
+    assert ids(checks.check_key_ring()) == ["mfa.E001"]
+
+
+def test_e001_stops_call_command_check(ring):
+    ring.unlink()
+    with pytest.raises(SystemCheckError, match="mfa.E001"):
+        call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def demo_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean environment for the demo's manage.py, with an empty key directory."""
+    (tmp_path / "empty-keys").mkdir(mode=0o700, exist_ok=True)
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DJANGO_DEBUG": "1",
+        "MFA_DATA_DIR": str(tmp_path / "data"),
+        "MFA_KEYS_DIR": str(tmp_path / "empty-keys"),
+        **extra,
+    }
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_manage_py_migrate_runs_without_a_ring_and_check_refuses(tmp_path):
+    env = demo_env(tmp_path)
+    migrated = manage(env, "migrate", "--noinput", "-v0")
+    assert migrated.returncode == 0, migrated.stderr[-2000:]
+    assert "mfa.W001" in migrated.stderr
+    checked = manage(env, "check")
+    assert checked.returncode == 1
+    assert "mfa.E001" in checked.stderr
+
+
+# --- E010: a ring that git would commit -------------------------------------------------------
+
+
+def git(*args: str, cwd: Path) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def repo(tmp_path, settings):
+    """A real git repository whose keys/ holds the ring (MFA_KEYS_DIR points there)."""
+    top = tmp_path / "site"
+    top.mkdir()
+    git("init", "-q", cwd=top)
+    settings.MFA_KEYS_DIR = str(top / "keys")
+    crypto.write_ring([crypto.new_key()])
+    return top
+
+
+def test_e010_ring_in_a_work_tree_not_ignored(repo):
+    assert ids(checks.check_key_ring_not_in_git()) == ["mfa.E010"]
+
+
+def test_e010_from_a_subdirectory_before_the_ring_exists(repo, settings):
+    settings.MFA_KEYS_DIR = str(repo / "deep" / "er")
+    assert ids(checks.check_key_ring_not_in_git()) == ["mfa.E010"]
+
+
+def test_no_e010_when_git_ignores_it(repo):
+    (repo / ".gitignore").write_text("/keys/\n")
+    assert checks.check_key_ring_not_in_git() == []
+
+
+def test_e010_when_ignored_but_committed_already(repo):
+    (repo / ".gitignore").write_text("/keys/\n")
+    git("add", "-f", "keys/ring", cwd=repo)
+    assert ids(checks.check_key_ring_not_in_git()) == ["mfa.E010"]
+
+
+def test_e010_in_a_linked_worktree(repo, settings):
+    # A linked worktree has a .git *file*; the walk must find it.
+    (repo / ".gitignore").write_text("/keys/\n")
+    git("add", ".gitignore", cwd=repo)
+    git("commit", "-q", "-m", "init", cwd=repo)
+    linked = repo.parent / "linked"
+    git("worktree", "add", "-q", str(linked), cwd=repo)
+    assert (linked / ".git").is_file()
+    settings.MFA_KEYS_DIR = str(linked / "secrets")
+    assert ids(checks.check_key_ring_not_in_git()) == ["mfa.E010"]
+    settings.MFA_KEYS_DIR = str(linked / "keys")
+    assert checks.check_key_ring_not_in_git() == []
+
+
+def test_no_e010_outside_any_work_tree(ring):
+    assert checks.check_key_ring_not_in_git() == []
+
+
+def test_the_demo_keys_folder_passes(settings):
+    # keys/.gitignore ignores everything there but itself and the README.
+    settings.MFA_KEYS_DIR = str(ROOT / "keys")
+    assert checks.check_key_ring_not_in_git() == []
+
+
+def test_no_e010_for_a_ring_in_the_environment(repo, monkeypatch):
+    monkeypatch.setenv("MFA_FERNET_KEYS", Fernet.generate_key().decode())
+    assert checks.check_key_ring_not_in_git() == []
+
+
+def test_w013_without_git_installed(repo, monkeypatch, tmp_path):
+    empty = tmp_path / "no-git-here"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    found = checks.check_key_ring_not_in_git()
+    assert ids(found) == ["mfa.W013"]
+    assert "git is not installed" in found[0].msg
+
+
+# --- E009: a login page that is not the app's -------------------------------------------------
+
+
+def test_no_e009_for_the_demo_urls():
+    assert checks.check_login_url() == []
+
+
+def test_e009_auth_urls_mounted_before_mfa_urls(settings):
+    settings.ROOT_URLCONF = "tests.urls_auth_first"
+    assert ids(checks.check_login_url()) == ["mfa.E009"]
+
+
+def test_no_e009_auth_urls_mounted_after_mfa_urls(settings):
+    from django.urls import resolve, reverse
+
+    settings.ROOT_URLCONF = "tests.urls_auth_after"
+    assert checks.check_login_url() == []
+    # Password change and reset still come from django.contrib.auth.
+    assert resolve(reverse("password_reset")).func.view_class.__name__ == "PasswordResetView"
+    assert resolve(reverse("password_change")).func.view_class.__name__ == "PasswordChangeView"
+
+
+@pytest.mark.parametrize("login_url", ["/nowhere/", "/accounts/security/", "admin:login"])
+def test_e009_login_url_not_the_apps(settings, login_url):
+    settings.LOGIN_URL = login_url
+    assert ids(checks.check_login_url()) == ["mfa.E009"]
+
+
+@pytest.mark.parametrize("login_url", ["mfa:login", "/accounts/login/", "/accounts/login/?x=1"])
+def test_no_e009_for_the_apps_login(settings, login_url):
+    settings.LOGIN_URL = login_url
+    assert checks.check_login_url() == []
+
+
+def test_no_e009_for_a_login_on_another_host(settings):
+    settings.LOGIN_URL = "https://sso.example.org/login/"
+    assert checks.check_login_url() == []
+
+
+def test_e009_for_a_stock_login_mounted_elsewhere(settings):
+    settings.ROOT_URLCONF = "tests.urls_auth_elsewhere"
+    found = checks.check_login_url()
+    assert ids(found) == ["mfa.E009"]
+    assert '"login"' in found[0].msg
+
+
+def test_e009_is_registered_under_security_and_urls(settings):
+    settings.ROOT_URLCONF = "tests.urls_auth_first"
+    for tag in (django_checks.Tags.security, django_checks.Tags.urls):
+        assert "mfa.E009" in ids(django_checks.run_checks(tags=[tag]))
+
+
+# --- W012: where a login lands ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["/accounts/profile/", "/nowhere/", "no-such-url-name"])
+def test_w012_login_redirect_url_leads_nowhere(settings, value):
+    settings.LOGIN_REDIRECT_URL = value
+    assert ids(checks.check_login_redirect()) == ["mfa.W012"]
+
+
+@pytest.mark.parametrize("value", ["home", "/", "mfa:security", "https://www.example.org/"])
+def test_no_w012_when_it_leads_somewhere(settings, value):
+    settings.LOGIN_REDIRECT_URL = value
+    assert checks.check_login_redirect() == []
+
+
 # --- The rate-limit cache -------------------------------------------------------------------
 
 
@@ -141,6 +382,14 @@ def test_w010_locmem_with_several_workers(settings, monkeypatch):
     settings.CACHES = LOCMEM
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     assert ids(checks.check_rate_limit_cache()) == ["mfa.W010"]
+
+
+def test_w010_names_django_settings_not_the_demos_variables(settings, monkeypatch):
+    settings.CACHES = LOCMEM
+    monkeypatch.setenv("WEB_CONCURRENCY", "2")
+    (warning,) = checks.check_rate_limit_cache()
+    assert "RATELIMIT_USE_CACHE" in warning.hint and "CACHES" in warning.hint
+    assert "REDIS_URL" not in warning.msg + warning.hint
 
 
 def test_no_w010_with_one_worker(settings, monkeypatch):
