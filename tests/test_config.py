@@ -16,8 +16,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.test import RequestFactory
 
-from mfa import checks, conf
+from mfa import checks, conf, sessions
 from mfa.conf import settings as mfa_settings
+from mfa.models import UserSession
 from tests.conftest import PASSWORD, full_login, is_logged_in, login_password
 from tests.test_enrolment import decode_qr, qr_and_alt, split_uri
 
@@ -175,6 +176,7 @@ def test_the_landing_page_of_the_site(client, user, settings):
 def test_password_change_keeps_the_2fa_session(client, clock, user_with_totp, settings):
     settings.ROOT_URLCONF = "tests.urls_auth_after"
     assert full_login(client, user_with_totp).status_code == 302
+    key_before = client.session.session_key
     new = "an entirely new passphrase 42"
     response = client.post(
         "/accounts/password_change/",
@@ -182,6 +184,12 @@ def test_password_change_keeps_the_2fa_session(client, clock, user_with_totp, se
     )
     assert response.status_code == 302
     assert response["Location"] == "/accounts/password_change/done/"
+    # update_session_auth_hash gave the session a new key; its registration followed at once,
+    # so "sign out other sessions" from another device still finds and ends this one.
+    session = client.session
+    assert session.session_key != key_before
+    registration = UserSession.objects.get(sid=session[sessions.SID_KEY])
+    assert registration.session_key == session.session_key
     assert client.get("/accounts/security/").status_code == 200
     assert is_logged_in(client)
     user = get_user_model().objects.get(pk=user_with_totp.user.pk)
