@@ -4,9 +4,6 @@ Every value an operator may want to change comes from the environment; see .env.
 """
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 # All interfaces inside a container; docker-compose.yml publishes the port on 127.0.0.1 only,
 # for a TLS proxy on the same host. Outside a container, set GUNICORN_BIND=127.0.0.1:8000.
@@ -55,6 +52,11 @@ def on_starting(server) -> None:
     child process, so that the master imports no Django and each worker still loads the code
     afresh (preload_app stays off, and a reload picks up new code).
     """
+    # Imported here: every module-level name of this file must be a gunicorn setting.
+    import subprocess
+    import sys
+    from pathlib import Path
+
     # The count gunicorn really runs, for mfa.W010 here and in the workers, which inherit it.
     os.environ["WEB_CONCURRENCY"] = str(server.cfg.workers)
     manage = Path(__file__).resolve().parent / "manage.py"
