@@ -146,8 +146,10 @@ def default_keys_dir() -> Path:
 
     ``$XDG_DATA_HOME/django-mfa/<site>``, else ``~/.local/share/django-mfa/<site>``: outside
     any repository, and private to the account. ``<site>`` tells two sites on one account
-    apart by the database whose secrets the ring encrypts (engine, host, port and name, hashed;
-    never the credentials), so two releases of one site share a ring and two sites do not.
+    apart by the database whose secrets the ring encrypts (its engine and name, hashed), so two
+    releases of one site share a ring and two sites do not. Not the host or port: a database
+    reached under a new address is still the same database, and must keep its ring.
+    Production sites should set MFA_KEYS_DIR anyway (docs/settings.md).
     """
     base = os.environ.get("XDG_DATA_HOME", "")
     if not os.path.isabs(base):  # the XDG spec: a relative value is to be ignored
@@ -165,7 +167,7 @@ def default_keys_dir() -> Path:
 def _site_name() -> str:
     database = django_settings.DATABASES.get("default", {})
     identity = "|".join(
-        str(database.get(part) or "") for part in ("ENGINE", "HOST", "PORT", "NAME")
+        str(database.get(part) or "") for part in ("ENGINE", "NAME")
     )
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     stem = Path(str(database.get("NAME") or "site")).stem or "site"

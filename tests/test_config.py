@@ -68,11 +68,14 @@ def test_two_sites_on_one_account_get_two_rings(no_keys_dir, settings):
 
 
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
-def test_the_database_password_does_not_change_the_place(no_keys_dir, settings):
+@pytest.mark.parametrize(
+    "change", [{"PASSWORD": "rotated"}, {"HOST": "db.internal", "PORT": "6432"}]
+)
+def test_the_credentials_and_address_do_not_change_the_place(no_keys_dir, settings, change):
     first = mfa_settings.KEYS_DIR
     settings.DATABASES = {
         **settings.DATABASES,
-        "default": {**settings.DATABASES["default"], "PASSWORD": "rotated"},
+        "default": {**settings.DATABASES["default"], **change},
     }
     assert first == mfa_settings.KEYS_DIR
 
