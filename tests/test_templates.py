@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 
 from mfa import checks, crypto, pages, totp
@@ -205,7 +206,7 @@ def test_a_site_may_override_mfa_base_html_instead(settings, user, clock):
 )
 def test_base_blocks_must_be_block_names_of_known_roles(settings, blocks):
     settings.MFA_BASE_BLOCKS = blocks
-    with pytest.raises(pages.ImproperlyConfigured):
+    with pytest.raises(ImproperlyConfigured):
         pages.base_blocks()
 
 
