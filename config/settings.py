@@ -175,6 +175,11 @@ MFA_KEYS_DIR = os.environ.get("MFA_KEYS_DIR", str(BASE_DIR / "keys"))
 MFA_ISSUER = os.environ.get("MFA_ISSUER", "MFA Demo")
 # Staff must enrol before the admin lets them in: on by default in production.
 MFA_REQUIRE_FOR_STAFF = env_bool("MFA_REQUIRE_FOR_STAFF", not DEBUG)
+# The app's pages render inside the demo's own base (templates/base.html), their CSS and
+# JavaScript in its head block; that base shows the flash messages itself, so the app does not.
+MFA_BASE_TEMPLATE = "base.html"
+MFA_BASE_BLOCKS = {"title": "title", "content": "content", "head": "head"}
+MFA_SHOW_MESSAGES = False
 
 # --- Security headers -----------------------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -245,6 +250,8 @@ USE_TZ = True
 # --- Static files ---------------------------------------------------------------------------
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
+# The demo's own stylesheet (site.css); the app's files come from mfa/static.
+STATICFILES_DIRS = [BASE_DIR / "config" / "static"]
 # Production serves what `collectstatic` gathered into STATIC_ROOT (the Docker image does that
 # at build time); a checkout without it, such as `./run` or the tests, serves the app folders.
 WHITENOISE_USE_FINDERS = not STATIC_ROOT.is_dir()

@@ -7,6 +7,8 @@ mfa.W001  E001, E002 or E003 while a command that needs no key runs (migrate, te
 mfa.E004  the key ring file can be read or written by other users
 mfa.E005  the key directory can be written by other users
 mfa.E006  a rate setting (MFA_*_RATE) is not a rate such as 5/m or 100/15m
+mfa.E007  MFA_BASE_TEMPLATE cannot be loaded
+mfa.E008  a block that MFA_BASE_BLOCKS names is not in that template (or is not a block name)
 mfa.E009  LOGIN_URL or the URL named "login" leads to a login view that is not the app's
 mfa.E010  the key ring's directory is inside a git work tree, and git does not ignore the ring
 mfa.W013  the key ring is inside a git work tree, and whether git ignores it cannot be told
@@ -28,15 +30,20 @@ from pathlib import Path
 from django.conf import global_settings
 from django.conf import settings as django_settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand
 from django.shortcuts import resolve_url
+from django.template import Context, Engine, TemplateDoesNotExist, TemplateSyntaxError
+from django.template.base import Template
+from django.template.loader_tags import BlockNode, ExtendsNode
 from django.urls import NoReverseMatch, Resolver404, resolve, reverse
 
-from . import conf, crypto
+from . import conf, crypto, pages
 from .conf import settings
 
 __all__ = [
     "STRICT_COMMANDS",
+    "check_base_template",
     "check_key_ring",
     "check_key_ring_not_in_git",
     "check_login_redirect",
@@ -350,4 +357,65 @@ def check_staff_policy(app_configs=None, **kwargs) -> list:
             "MFA_REQUIRE_FOR_STAFF is off: staff may use the admin with a password alone.",
             id="mfa.W011",
         )
+    ]
+
+
+def _block_names(template: Template) -> set[str] | None:
+    """Return the blocks of ``template`` and of the templates it extends; None if unknowable."""
+    names: set[str] = set()
+    seen = set()
+    while template is not None:
+        names |= {node.name for node in template.nodelist.get_nodes_by_type(BlockNode)}
+        extends = template.nodelist.get_nodes_by_type(ExtendsNode)
+        if not extends:
+            return names
+        parent = extends[0].parent_name.resolve(Context())
+        if isinstance(parent, Template):
+            template = parent
+        elif isinstance(parent, str) and parent and parent not in seen:
+            seen.add(parent)
+            template = template.engine.get_template(parent)
+        else:
+            # {% extends some_variable %}: its blocks are known only when a page renders.
+            return None
+    return names
+
+
+@register(Tags.templates)
+def check_base_template(app_configs=None, **kwargs) -> list:
+    # A content block the site's base does not have renders an empty page with status 200:
+    # no QR code, no form, nothing in the logs. Said here instead, at start-up.
+    name = settings.BASE_TEMPLATE
+    if not name:
+        return []
+    try:
+        names = _block_names(Engine.get_default().get_template(name))
+    except (TemplateDoesNotExist, TemplateSyntaxError, ImproperlyConfigured) as exc:
+        return [
+            Error(
+                f"MFA_BASE_TEMPLATE = {name!r} cannot be loaded ({type(exc).__name__}: {exc}).",
+                hint="Name a template of your site's, or remove the setting for the app's own "
+                "standalone pages.",
+                id="mfa.E007",
+            )
+        ]
+    try:
+        blocks = pages.base_blocks()
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="mfa.E008")]
+    if names is None:
+        return []
+    return [
+        Error(
+            f"MFA_BASE_TEMPLATE {name!r} has no block {block!r} for the app's {role}.",
+            hint=f"Set MFA_BASE_BLOCKS = {{{role!r}: '<the name of its {role} block>'}}"
+            + (
+                ", or leave 'head' out to have the links in the content."
+                if role == "head"
+                else ", or the app's pages render empty."
+            ),
+            id="mfa.E008",
+        )
+        for role, block in sorted(blocks.items())
+        if block not in names
     ]

@@ -29,6 +29,28 @@ class Settings:
         return getattr(django_settings, "MFA_ISSUER", "")
 
     @property
+    def BASE_TEMPLATE(self) -> str | None:
+        # The site's base template the app's pages render inside, e.g. "base.html". None: they
+        # are complete pages of their own (mfa/standalone.html), so an installed app shows its
+        # forms whatever templates the site has (mfa.pages explains).
+        return getattr(django_settings, "MFA_BASE_TEMPLATE", None)
+
+    @property
+    def BASE_BLOCKS(self) -> dict[str, str]:
+        # The names of that base's blocks that take the app's title, content and (optionally)
+        # CSS/JS link tags: {"title": "page_title", "content": "main", "head": "extra_head"}.
+        # Missing roles default to "title" and "content"; without "head" the link tags go at
+        # the top of the content. Checked by mfa.E008.
+        return getattr(django_settings, "MFA_BASE_BLOCKS", {})
+
+    @property
+    def SHOW_MESSAGES(self) -> bool:
+        # The app's pages show the flash messages ("Two-factor authentication is now off")
+        # above their content, since not every site's base does. Turn it off when yours shows
+        # them, or each appears twice.
+        return getattr(django_settings, "MFA_SHOW_MESSAGES", True)
+
+    @property
     def KEYS_DIR(self) -> Path:
         # The Fernet key ring lives in the file "ring" here, outside the database and git. The
         # default is outside every project (default_keys_dir), never relative to the current
@@ -166,9 +188,7 @@ def default_keys_dir() -> Path:
 
 def _site_name() -> str:
     database = django_settings.DATABASES.get("default", {})
-    identity = "|".join(
-        str(database.get(part) or "") for part in ("ENGINE", "NAME")
-    )
+    identity = "|".join(str(database.get(part) or "") for part in ("ENGINE", "NAME"))
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     stem = Path(str(database.get("NAME") or "site")).stem or "site"
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)[:40]

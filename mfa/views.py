@@ -17,7 +17,7 @@ from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
@@ -30,6 +30,7 @@ from . import conf, crypto, flows, sessions, throttle, totp
 from .conf import settings
 from .forms import CodeForm, LoginForm, PasswordForm, ReauthForm, RecoveryCodeForm
 from .models import SecurityEvent, TOTPDevice
+from .pages import render
 
 logger = logging.getLogger(__name__)
 Kind = SecurityEvent.Kind
@@ -123,7 +124,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
         flows.record(request, None, Kind.PASSWORD_FAILED)
     return render(
         request,
-        "registration/login.html",
+        "mfa/login.html",
         {"form": form, "next": next_url},
         status=400 if form.is_bound else 200,
     )

@@ -1,6 +1,10 @@
 // Small progressive enhancements; every page works without this file.
 (function () {
   "use strict";
+  // Once per page, even if a site's base links this file as well as the app's pages do: two
+  // copies would bind every handler twice (an auto-submitted code would be posted twice).
+  if (window.mfaEnhanced) { return; }
+  window.mfaEnhanced = true;
 
   // Tell the server the browser's time zone, so security events show in local time. The IANA
   // name goes in as it is: its characters (letters, digits, "/", "_", "+", "-") are all valid
