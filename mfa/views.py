@@ -113,6 +113,9 @@ def login_view(request: HttpRequest) -> HttpResponse:
             # Missing or too long: refused before anything is counted or written, and
             # authenticate() does not run (the form has no username to give it).
             form.is_valid()
+            # The page shows the form's general error only: a name that cannot exist is simply
+            # not a correct one.
+            form.add_error(None, form.get_invalid_login_error())
             return render(
                 request, "registration/login.html", {"form": form, "next": next_url}, status=400
             )
