@@ -108,8 +108,8 @@ def login_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         # The key is derived from exactly the name the form will authenticate, so " alice" or
         # a full-width "ａｌｉｃｅ" count as alice (forms.normalize_username).
-        username_key = form.rate_key()
-        if username_key is None:
+        name_key = form.rate_key()
+        if name_key is None:
             # Missing or too long: refused before anything is counted or written, and
             # authenticate() does not run (the form has no username to give it).
             form.is_valid()
@@ -126,7 +126,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 throttle.address_key(throttle.client_ip(request)),
                 settings.LOGIN_IP_RATE,
             ),
-            ("mfa.login.user", username_key, settings.LOGIN_USER_RATE),
+            ("mfa.login.user", name_key, settings.LOGIN_USER_RATE),
         ):
             return too_many(request, limited)
         if form.is_valid():
