@@ -144,6 +144,13 @@ class Settings:
         return getattr(django_settings, "MFA_LOCKOUT_AFTER", 100)
 
     @property
+    def SUSPICIOUS_NOTICE_INTERVAL(self) -> int:
+        # Seconds: at most one "someone entered your password" email per user in this time,
+        # however many pending logins fail or are abandoned (the audit trail records each), so
+        # whoever holds the password cannot use the notice to flood the owner's inbox.
+        return getattr(django_settings, "MFA_SUSPICIOUS_NOTICE_INTERVAL", 60 * 60)
+
+    @property
     def TRUSTED_PROXY_HEADER(self) -> str:
         # e.g. "X-Forwarded-For" when a trusted proxy sets it; empty means REMOTE_ADDR.
         return getattr(django_settings, "MFA_TRUSTED_PROXY_HEADER", "")

@@ -21,6 +21,7 @@ The login, as a reviewer should check it:
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import Enum
 from importlib import import_module
 from typing import Any
@@ -157,6 +158,7 @@ def begin_pending_login(request: HttpRequest, user: Any, next_url: str) -> None:
         request.user = AnonymousUser()
     else:
         request.session.cycle_key()
+    _notice_abandoned(request, user)
     request.session[PENDING_KEY] = {
         "uid": str(user.pk),
         "backend": user.backend,
@@ -166,6 +168,25 @@ def begin_pending_login(request: HttpRequest, user: Any, next_url: str) -> None:
     }
     record(request, user, Kind.PASSWORD_OK)
     _save_session(request)
+
+
+def _notice_abandoned(request: HttpRequest, user: Any) -> None:
+    """Tell the owner of an earlier password step that neither a login nor a notice followed.
+
+    ASVS 6.3.5: someone who has the password but not the second factor may simply stop at the
+    code. Found at the next password step of the user, which every login with 2FA takes: one
+    look at the latest PASSWORD_OK, so the cost is bounded whatever the history.
+    """
+    events = SecurityEvent.objects.filter(user=user)
+    last_ok = events.filter(kind=Kind.PASSWORD_OK).order_by("-pk").first()
+    if last_ok is None:
+        return
+    if events.filter(kind__in=[Kind.LOGIN, Kind.SUSPICIOUS], pk__gt=last_ok.pk).exists():
+        return  # completed, or already reported
+    recent = last_ok.created_at > _now() - timedelta(seconds=settings.PENDING_TIMEOUT)
+    if recent and last_ok.ip_address == throttle.client_ip(request):
+        return  # still in its time, from the same address: the back button, a double submit
+    _suspicious(request, user, "sign-in abandoned after the password")
 
 
 def pending_user(request: HttpRequest) -> tuple[Any, str] | None:
@@ -241,9 +262,13 @@ def _failed(request: HttpRequest, user: Any, device: TOTPDevice, detail: str) ->
     device = failure.device
     record(request, user, Kind.MFA_FAILED, detail=detail)
     if device.failure_count == settings.BACKOFF_AFTER:
-        # ASVS 6.3.5: the password was right, the second factor repeatedly wrong.
-        record(request, user, Kind.SUSPICIOUS, detail=f"{device.failure_count} failures")
-        notify.send(user, Kind.SUSPICIOUS)
+        # ASVS 6.3.5: the password was right, the second factor repeatedly wrong (also in a
+        # re-authentication, where a session thief may be trying codes).
+        _suspicious(request, user, f"{device.failure_count} failures")
+    elif _first_failure_of_pending_login(request, user):
+        # The first wrong code after a right password: whoever has the password gets no free
+        # guesses between the owner's logins (each login resets the count above).
+        _suspicious(request, user, "wrong code after the password")
     if device.failure_count == settings.LOCKOUT_AFTER:
         record(request, user, Kind.LOCKED, detail=f"{device.failure_count} failures")
         notify.send(user, Kind.LOCKED)
@@ -254,6 +279,32 @@ def _failed(request: HttpRequest, user: Any, device: TOTPDevice, detail: str) ->
         # right code in the same burst would be (429), so the answer reveals nothing.
         return _blocked(device) or Outcome(Result.BLOCKED, retry_after=1)
     return Outcome(Result.INVALID)
+
+
+def _first_failure_of_pending_login(request: HttpRequest | None, user: Any) -> bool:
+    marker = request.session.get(PENDING_KEY) if request is not None else None
+    if not isinstance(marker, dict) or marker.get("uid") != str(user.pk):
+        return False  # a re-authentication: the session was already logged in
+    events = SecurityEvent.objects.filter(user=user)
+    last_ok = events.filter(kind=Kind.PASSWORD_OK).order_by("-pk").values_list("pk", flat=True)
+    since = last_ok.first() or 0
+    # Once per pending login, not once per code: nothing reported since its password step.
+    return not events.filter(kind=Kind.SUSPICIOUS, pk__gt=since).exists()
+
+
+def _suspicious(request: HttpRequest | None, user: Any, detail: str) -> None:
+    """Record a right password with a wrong or missing second factor; tell the owner, rarely.
+
+    Every occurrence is audited; the email goes out at most once per
+    MFA_SUSPICIOUS_NOTICE_INTERVAL, so that it cannot be used to flood the owner.
+    """
+    since = _now() - timedelta(seconds=settings.SUSPICIOUS_NOTICE_INTERVAL)
+    told = SecurityEvent.objects.filter(
+        user=user, kind=Kind.SUSPICIOUS, created_at__gt=since
+    ).exists()
+    record(request, user, Kind.SUSPICIOUS, detail=detail)
+    if not told:
+        notify.send(user, Kind.SUSPICIOUS)
 
 
 def _blocked(device: TOTPDevice) -> Outcome | None:

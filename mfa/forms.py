@@ -1,8 +1,10 @@
 """Forms only validate and normalise input; flows.py decides what it means."""
 
 import re
+import unicodedata
 
 from django import forms
+from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
 from django.utils.datastructures import MultiValueDict
 from django.utils.translation import gettext_lazy as _
@@ -16,6 +18,8 @@ __all__ = [
     "ReauthForm",
     "RecoveryCodeForm",
     "TextOnlyForm",
+    "normalize_username",
+    "username_key",
 ]
 
 # Longer than any code with generous spacing, far shorter than an abuse.
@@ -58,8 +62,55 @@ def _without_surrogates(value):
     return _SURROGATE.sub("\ufffd", value)
 
 
+def normalize_username(value: str, max_length: int | None = None) -> str:
+    """Return ``value`` as the login authenticates it, or raise ValidationError if too long.
+
+    The one derivation of a username, shared by the login form (what authenticate() gets) and
+    the per-username password budget (``username_key``), so that the two cannot drift apart:
+    any spelling that signs in as a user counts against that user's one budget. Stripped like
+    Django's UsernameField, then normalised by the user model (NFKC for Django's own). Too long
+    for ``max_length`` is refused before any normalisation: no such account can exist, and
+    NFKC of a megabyte costs time.
+    """
+    value = value.strip()
+    if max_length is not None and len(value) > max_length:
+        raise forms.ValidationError(_("That username is too long."), code="max_length")
+    normalize = getattr(get_user_model(), "normalize_username", None)
+    value = normalize(value) if normalize else unicodedata.normalize("NFKC", value)
+    if max_length is not None and len(value) > max_length:  # NFKC can lengthen ("ﬀ" -> "ff")
+        raise forms.ValidationError(_("That username is too long."), code="max_length")
+    return value
+
+
+def username_key(username: str) -> str:
+    """Return the key of the per-username password budget of ``username``.
+
+    Case folded on top of ``normalize_username``: a backend that matches names without regard
+    to case signs "ALICE" in as alice, and folding can only merge budgets (the safe direction),
+    never split one. Used for a user's own name too (re-authentication shares the budget).
+    """
+    return normalize_username(username).casefold()
+
+
 class LoginForm(TextOnlyForm, AuthenticationForm):
-    """Django's login form (authenticate() runs only for text it can encode)."""
+    """Django's login form (authenticate() runs only for text it can encode).
+
+    The username is refused beyond the user model's max_length (Django's form only sets the
+    widget's maxlength) and normalised by ``normalize_username``.
+    """
+
+    def clean_username(self) -> str:
+        return normalize_username(self.cleaned_data["username"], self.fields["username"].max_length)
+
+    def rate_key(self) -> str | None:
+        """Return the username's budget key, or None when the form refuses the username."""
+        field = self.fields["username"]
+        raw = field.widget.value_from_datadict(self.data, self.files, self.add_prefix("username"))
+        try:
+            # The same steps as the form's own cleaning: the field's, then clean_username's.
+            return username_key(normalize_username(field.clean(raw), field.max_length))
+        except forms.ValidationError:
+            return None
 
 
 def _code_widget(**attrs) -> forms.TextInput:

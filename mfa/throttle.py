@@ -33,6 +33,7 @@ from .conf import settings
 from .models import TOTPDevice
 
 __all__ = [
+    "Check",
     "Failure",
     "Limited",
     "address_key",
@@ -71,23 +72,47 @@ def client_ip(request: HttpRequest) -> str:
             try:
                 # No scoped addresses (fe80::1%eth0): they fit no database column.
                 if "%" not in candidate:
-                    return str(ipaddress.ip_address(candidate))
+                    return str(_unmapped(ipaddress.ip_address(candidate)))
             except ValueError:
                 pass
             logger.warning("ignoring a malformed %s header", header)
-    return request.META.get("REMOTE_ADDR", "") or "0.0.0.0"
+    remote = request.META.get("REMOTE_ADDR", "") or "0.0.0.0"
+    try:
+        return str(_unmapped(ipaddress.ip_address(remote)))
+    except ValueError:
+        return remote
+
+
+def _unmapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address):
+    # A server bound to [::] sees IPv4 clients as ::ffff:a.b.c.d. Kept so, every IPv4 client
+    # would share one /64 below (one client could block the login for all of them), and the
+    # audit trail would show a spelling nobody recognises.
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+# NAT64's well-known prefix (RFC 6052): the last 32 bits are the IPv4 client's address.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def address_key(ip: str) -> str:
     """Return the rate-limit key of an address: itself for IPv4, its /64 for IPv6.
 
-    One IPv6 host usually holds a whole /64 and can pick a new address per request.
+    One IPv6 host usually holds a whole /64 and can pick a new address per request. IPv6
+    addresses that stand for one IPv4 address are keyed as that address: IPv4-mapped
+    (::ffff:0:0/96) and NAT64 (64:ff9b::/96), where one /64 holds every IPv4 client, and 6to4
+    (2002::/16), where one IPv4 host holds a /48, that is 65536 /64s.
     """
     try:
-        address = ipaddress.ip_address(ip)
+        address = _unmapped(ipaddress.ip_address(ip))
     except ValueError:
         return ip
     if address.version == 6:
+        if address in _NAT64:
+            return str(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if address.sixtofour is not None:
+            return str(address.sixtofour)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
 

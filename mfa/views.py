@@ -3,7 +3,6 @@
 import base64
 import io
 import logging
-import unicodedata
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -28,7 +27,14 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from . import conf, crypto, flows, sessions, throttle, totp
 from .conf import settings
-from .forms import CodeForm, LoginForm, PasswordForm, ReauthForm, RecoveryCodeForm
+from .forms import (
+    CodeForm,
+    LoginForm,
+    PasswordForm,
+    ReauthForm,
+    RecoveryCodeForm,
+    username_key,
+)
 from .models import SecurityEvent, TOTPDevice
 from .pages import render
 
@@ -101,9 +107,19 @@ def login_view(request: HttpRequest) -> HttpResponse:
     next_url = safe_next(request, request.POST.get("next") or request.GET.get("next"))
     form = LoginForm(request, data=request.POST if request.method == "POST" else None)
     if request.method == "POST":
-        # The key is the name the form will authenticate: stripped and NFKC-normalised like
-        # Django's UsernameField, so " alice" or a full-width "ａｌｉｃｅ" count as alice.
-        username = unicodedata.normalize("NFKC", request.POST.get("username", "")[:300].strip())
+        # The key is derived from exactly the name the form will authenticate, so " alice" or
+        # a full-width "ａｌｉｃｅ" count as alice (forms.normalize_username).
+        name_key = form.rate_key()
+        if name_key is None:
+            # Missing or too long: refused before anything is counted or written, and
+            # authenticate() does not run (the form has no username to give it).
+            form.is_valid()
+            # The page shows the form's general error only: a name that cannot exist is simply
+            # not a correct one.
+            form.add_error(None, form.get_invalid_login_error())
+            return render(
+                request, "registration/login.html", {"form": form, "next": next_url}, status=400
+            )
         if limited := throttle.check_rates(
             request,
             (
@@ -111,7 +127,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 throttle.address_key(throttle.client_ip(request)),
                 settings.LOGIN_IP_RATE,
             ),
-            ("mfa.login.user", username.casefold(), settings.LOGIN_USER_RATE),
+            ("mfa.login.user", name_key, settings.LOGIN_USER_RATE),
         ):
             return too_many(request, limited)
         if form.is_valid():
@@ -305,14 +321,24 @@ def setup_view(request: HttpRequest) -> HttpResponse:
     return no_store(render(request, "mfa/setup.html", context, status=status))
 
 
+def _password_rates(user: Any) -> tuple[throttle.Check, ...]:
+    """The counters of a password check in a logged-in session: its own, and the login's.
+
+    The login's per-username budget is the account's budget of password guesses, whatever the
+    form: a thief holding a session gets no guesses on top of those at the login.
+    """
+    return (
+        ("mfa.change.user", str(user.pk), settings.CHANGE_RATE),
+        ("mfa.login.user", username_key(user.get_username()), settings.LOGIN_USER_RATE),
+    )
+
+
 def _confirm_password(request: HttpRequest) -> HttpResponse:
     """Ask for the password before a session that is not fresh may add a second factor."""
     posted = request.method == "POST" and "password" in request.POST
     form = PasswordForm(request.POST if posted else None)
     if posted:
-        if limited := throttle.check_rates(
-            request, ("mfa.change.user", str(request.user.pk), settings.CHANGE_RATE)
-        ):
+        if limited := throttle.check_rates(request, *_password_rates(request.user)):
             return too_many(request, limited)
         if form.is_valid() and request.user.check_password(form.cleaned_data["password"]):
             flows.mark_reauthenticated(request)
@@ -350,9 +376,7 @@ def _reauth(
     form = ReauthForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
-        if limited := throttle.check_rates(
-            request, ("mfa.change.user", str(user.pk), settings.CHANGE_RATE)
-        ):
+        if limited := throttle.check_rates(request, *_password_rates(user)):
             return too_many(request, flows.refusal(user, limited))
         status = 400
         if form.is_valid():
