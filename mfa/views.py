@@ -117,9 +117,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
             # The page shows the form's general error only: a name that cannot exist is simply
             # not a correct one.
             form.add_error(None, form.get_invalid_login_error())
-            return render(
-                request, "registration/login.html", {"form": form, "next": next_url}, status=400
-            )
+            return render(request, "mfa/login.html", {"form": form, "next": next_url}, status=400)
         if limited := throttle.check_rates(
             request,
             (
