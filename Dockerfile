@@ -3,19 +3,19 @@
 #   docker compose up -d        (docker-compose.yml adds PostgreSQL, Redis and the key volume)
 # Pin the base image by digest (python:3.13-slim@sha256:...) if you need reproducible builds.
 
-# --- build: install the app and its site dependencies into a virtual environment ------------
+# --- build: install the app and the demo's dependencies into a virtual environment --------
 FROM python:3.13-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# README.md is the package's long description (pyproject.toml: readme).
-COPY pyproject.toml README.md ./
+# README.md is the package's long description (pyproject.toml: readme), LICENSE its licence.
+COPY pyproject.toml README.md LICENSE ./
 COPY mfa ./mfa
 # Every dependency ships wheels for this Python: no compiler is needed, and this stage (pip's
 # build tools, the source tree) is left behind; only /opt/venv is copied on.
-RUN pip install --no-cache-dir ".[site]"
+RUN pip install --no-cache-dir ".[demo]"
 
 # --- runtime -------------------------------------------------------------------------------
 FROM python:3.13-slim
