@@ -14,6 +14,7 @@ from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -24,7 +25,7 @@ from .models import SecurityEvent, TOTPDevice
 User = get_user_model()
 
 
-__all__ = ["TOTPDeviceAdmin", "TwoFactorUserAdmin", "may_manage_two_factor"]
+__all__ = ["SecretLookupsRefused", "TOTPDeviceAdmin", "TwoFactorUserAdmin", "may_manage_two_factor"]
 
 # The permission that resetting or unlocking anyone's second factor needs, from either admin:
 # the change permission on the device, never the user admin's. Changing a user (its name, its
@@ -67,6 +68,37 @@ def _require(request: HttpRequest, users: list) -> None:
     # that no other way into these methods can skip the rule.
     if not all(may_manage_two_factor(request.user, user) for user in users):
         raise PermissionDenied
+
+
+# Fields that no changelist filter may name, on any model reachable from an admin here. A
+# filter reads a field a prefix at a time (``?encrypted_secret__startswith=gAAA``, then the
+# next character...), which is why Django's UserAdmin refuses lookups on ``password``.
+SECRET_FIELDS = frozenset(
+    {
+        "encrypted_secret",
+        "last_used_step",
+        "code_hash",
+        "selector",
+        "sid",
+        "session_key",
+        "password",
+    }
+)
+
+
+def _names_a_secret(lookup: str) -> bool:
+    """Whether a changelist filter ``lookup`` goes through a secret field, directly or not."""
+    return not SECRET_FIELDS.isdisjoint(lookup.split(LOOKUP_SEP))
+
+
+class SecretLookupsRefused:
+    """Refuse changelist filters on secret fields (Django answers 400).
+
+    Not listing a field is not enough: ``?field__startswith=`` filters on it all the same.
+    """
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        return not _names_a_secret(lookup) and super().lookup_allowed(lookup, value, request)
 
 
 def _actor(request: HttpRequest) -> str:
@@ -128,7 +160,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(SecurityEvent)
-class SecurityEventAdmin(ReadOnlyAdmin):
+class SecurityEventAdmin(SecretLookupsRefused, ReadOnlyAdmin):
     list_display = ["created_at", "user", "kind", "ip_address", "detail"]
     list_filter = ["kind", "created_at"]
     search_fields = ["user__username", "user__email", "ip_address", "detail", "user_agent"]
@@ -137,7 +169,7 @@ class SecurityEventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(TOTPDevice)
-class TOTPDeviceAdmin(admin.ModelAdmin):
+class TOTPDeviceAdmin(SecretLookupsRefused, admin.ModelAdmin):
     # Deliberately not listed: encrypted_secret, last_used_step.
     fields = ["user", "confirmed_at", "codes_left", "failure_count", "blocked_until", "locked_at"]
     readonly_fields = fields
@@ -196,7 +228,7 @@ class TOTPDeviceAdmin(admin.ModelAdmin):
             flows.reset(device.user, _actor(request), request)
 
 
-class TwoFactorUserAdmin(UserAdmin):
+class TwoFactorUserAdmin(SecretLookupsRefused, UserAdmin):
     """The stock user admin, with each user's 2FA state and the two actions."""
 
     list_display = [*UserAdmin.list_display, "two_factor"]
