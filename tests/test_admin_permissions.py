@@ -12,8 +12,8 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
-from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice
-from tests.conftest import PASSWORD, enrol, full_login
+from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, UserSession
+from tests.conftest import PASSWORD, enrol, full_login, is_logged_in
 
 pytestmark = pytest.mark.django_db
 
@@ -73,12 +73,14 @@ def test_device_delete_view_needs_change_permission_and_superuser_for_superuser(
     clock, request, perm, target
 ):
     victim = request.getfixturevalue(target)
+    victims_session = logged_in_as(victim)
     staff = make_user("staff", staff=True, perms=[perm])
     client = logged_in_as(staff)
     url = f"{DEVICES}{victim.device.pk}/delete/"
     assert client.get(url).status_code == 403
     assert client.post(url, {"post": "yes"}).status_code == 403
     assert intact(victim)
+    assert is_logged_in(victims_session)  # a reset would have ended it
 
 
 @pytest.mark.parametrize("perm", PERMISSIONS)
@@ -141,6 +143,7 @@ def test_device_actions_need_change_permission(clock, request, perm, action, tar
 @pytest.mark.parametrize("url", [DEVICES, USERS])
 @pytest.mark.parametrize("action", ["reset_two_factor", "unlock_two_factor"])
 def test_change_permission_resets_and_unlocks_a_normal_user_only(clock, root, alice, url, action):
+    roots_session = logged_in_as(root)
     for enrolled in (root, alice):
         TOTPDevice.objects.filter(user=enrolled.user).update(failure_count=5)
     staff = make_user("staff", staff=True, perms=["change_totpdevice", "view_user"])
@@ -155,6 +158,7 @@ def test_change_permission_resets_and_unlocks_a_normal_user_only(clock, root, al
         assert any("Only a superuser" in m for m in messages_of(response))
         assert intact(root) and intact(alice)
         assert root.device.failure_count == 5 and alice.device.failure_count == 5
+        assert is_logged_in(roots_session)
 
     response = run_action(client, url, action, pks(alice))
     assert response.status_code == 200
@@ -236,6 +240,7 @@ def secret_filters(victim) -> list[tuple[str, str, str, str]]:
     """
     token = victim.device.encrypted_secret
     code_hash = RecoveryCode.objects.filter(user=victim.user).first().code_hash
+    session = UserSession.objects.first()  # the viewer's own
     return [
         (DEVICES, "encrypted_secret__startswith", token[:8], "zzzz"),
         (DEVICES, "last_used_step__gte", "-1", "99999999999"),
@@ -243,11 +248,13 @@ def secret_filters(victim) -> list[tuple[str, str, str, str]]:
         (USERS, "mfa_totp__encrypted_secret__startswith", token[:8], "zzzz"),
         (USERS, "mfa_recovery_codes__code_hash__startswith", code_hash[:12], "zzzz"),
         (USERS, "password__startswith", victim.user.password[:8], "zzzz"),
+        (USERS, "mfa_sessions__session_key__startswith", session.session_key[:6], "zzzz"),
+        (USERS, "mfa_sessions__sid__startswith", session.sid[:6], "zzzz"),
         (EVENTS, "user__mfa_totp__encrypted_secret__startswith", token[:8], "zzzz"),
     ]
 
 
-@pytest.mark.parametrize("index", range(7), ids=lambda i: f"filter{i}")
+@pytest.mark.parametrize("index", range(9), ids=lambda i: f"filter{i}")
 def test_changelist_refuses_filters_on_secret_fields(clock, alice, index):
     perms = ["view_totpdevice", "view_user", "view_securityevent"]
     viewer = make_user("viewer", staff=True, perms=perms)
