@@ -2,12 +2,19 @@
 
 No page here shows a secret, a ciphertext or a hash: those fields are simply never listed.
 Every action is a ``flows`` call, so it is audited (naming the administrator) and notified.
+
+Who may reset or unlock a second factor is decided by one function, ``may_manage_two_factor``,
+on every path that does it: both actions on both admins, the device's delete view and "Delete
+selected", and deleting a user (which deletes their device with them).
 """
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -18,22 +25,93 @@ from .models import SecurityEvent, TOTPDevice
 User = get_user_model()
 
 
+__all__ = ["SecretLookupsRefused", "TOTPDeviceAdmin", "TwoFactorUserAdmin", "may_manage_two_factor"]
+
+# The permission that resetting or unlocking anyone's second factor needs, from either admin:
+# the change permission on the device, never the user admin's. Changing a user (its name, its
+# groups) is not the same trust as removing their second factor, and one permission keeps
+# "who can strip 2FA" a single question for the operator.
+MANAGE_PERMISSION = f"{TOTPDevice._meta.app_label}.change_totpdevice"
+
+
+def may_manage_two_factor(
+    admin_user: AbstractBaseUser | AnonymousUser, target: AbstractBaseUser | None = None
+) -> bool:
+    """Whether ``admin_user`` may reset or unlock second factors (``target``'s, if given).
+
+    The one rule of every admin path that removes or unlocks a second factor: the change
+    permission on TOTPDevice, and only a superuser may touch a superuser's. Otherwise staff
+    trusted with a narrower permission could strip a superuser's second factor and take over
+    with a password they know (or that a phishing page collected).
+    """
+    if not (
+        admin_user.is_active and admin_user.is_staff and admin_user.has_perm(MANAGE_PERMISSION)
+    ):
+        return False
+    return target is None or not target.is_superuser or admin_user.is_superuser
+
+
+def _refused(modeladmin, request: HttpRequest, users: list) -> bool:
+    """Say why, and return True, when the rule refuses any of ``users``: then nobody is changed."""
+    if all(may_manage_two_factor(request.user, user) for user in users):
+        return False
+    if not may_manage_two_factor(request.user):
+        text = _("You do not have permission to reset or unlock second factors.")
+    else:
+        text = _("Only a superuser can reset or unlock a superuser's second factor.")
+    modeladmin.message_user(request, text, messages.ERROR)
+    return True
+
+
+def _require(request: HttpRequest, users: list) -> None:
+    # Django checked has_delete_permission already; checked again where the reset happens, so
+    # that no other way into these methods can skip the rule.
+    if not all(may_manage_two_factor(request.user, user) for user in users):
+        raise PermissionDenied
+
+
+# Fields that no changelist filter may name, on any model reachable from an admin here. A
+# filter reads a field a prefix at a time (``?encrypted_secret__startswith=gAAA``, then the
+# next character...), which is why Django's UserAdmin refuses lookups on ``password``.
+SECRET_FIELDS = frozenset(
+    {
+        "encrypted_secret",
+        "last_used_step",
+        "code_hash",
+        "selector",
+        "sid",
+        "session_key",
+        "password",
+    }
+)
+
+
+def _names_a_secret(lookup: str) -> bool:
+    """Whether a changelist filter ``lookup`` goes through a secret field, directly or not."""
+    return not SECRET_FIELDS.isdisjoint(lookup.split(LOOKUP_SEP))
+
+
+class SecretLookupsRefused:
+    """Refuse changelist filters on secret fields (Django answers 400).
+
+    Not listing a field is not enough: ``?field__startswith=`` filters on it all the same.
+    """
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        return not _names_a_secret(lookup) and super().lookup_allowed(lookup, value, request)
+
+
 def _actor(request: HttpRequest) -> str:
     return f"admin {request.user.get_username()}"
 
 
 @admin.action(
     description=_("Reset two-factor authentication (the user must enrol again)"),
-    permissions=["change"],
+    permissions=["manage_two_factor"],
 )
 def reset_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
     users = [getattr(obj, "user", obj) for obj in queryset]
-    if not request.user.is_superuser and any(user.is_superuser for user in users):
-        # Otherwise staff who can change users could strip a superuser's second factor and
-        # take over with a password they know.
-        modeladmin.message_user(
-            request, _("Only a superuser can reset a superuser's second factor."), messages.ERROR
-        )
+    if _refused(modeladmin, request, users):
         return
     count = sum(flows.reset(user, _actor(request), request) for user in users)
     _report(
@@ -47,10 +125,12 @@ def reset_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> No
 
 @admin.action(
     description=_("Unlock the second factor (clear failures and back-off)"),
-    permissions=["change"],
+    permissions=["manage_two_factor"],
 )
 def unlock_two_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
     users = [getattr(obj, "user", obj) for obj in queryset]
+    if _refused(modeladmin, request, users):
+        return
     count = sum(flows.unlock(user, _actor(request), request) for user in users)
     _report(
         modeladmin,
@@ -80,7 +160,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(SecurityEvent)
-class SecurityEventAdmin(ReadOnlyAdmin):
+class SecurityEventAdmin(SecretLookupsRefused, ReadOnlyAdmin):
     list_display = ["created_at", "user", "kind", "ip_address", "detail"]
     list_filter = ["kind", "created_at"]
     search_fields = ["user__username", "user__email", "ip_address", "detail", "user_agent"]
@@ -89,7 +169,7 @@ class SecurityEventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(TOTPDevice)
-class TOTPDeviceAdmin(admin.ModelAdmin):
+class TOTPDeviceAdmin(SecretLookupsRefused, admin.ModelAdmin):
     # Deliberately not listed: encrypted_secret, last_used_step.
     fields = ["user", "confirmed_at", "codes_left", "failure_count", "blocked_until", "locked_at"]
     readonly_fields = fields
@@ -125,16 +205,30 @@ class TOTPDeviceAdmin(admin.ModelAdmin):
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # only the user can enrol, by proving a code
 
+    def has_manage_two_factor_permission(self, request: HttpRequest) -> bool:
+        return may_manage_two_factor(request.user)
+
+    # Deleting a device is a reset, so it needs what a reset needs, on top of the delete
+    # permission. Django asks this for the delete view, for each row of "Delete selected" and
+    # for each device that deleting a user would take with it (a 403 when refused).
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return super().has_delete_permission(request, obj) and may_manage_two_factor(
+            request.user, obj.user if obj is not None else None
+        )
+
     # Deleting a device here (or with its user) is a reset: audited and notified, never silent.
     def delete_model(self, request: HttpRequest, obj: TOTPDevice) -> None:
+        _require(request, [obj.user])
         flows.reset(obj.user, _actor(request), request)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for device in queryset.select_related("user"):
+        devices = list(queryset.select_related("user"))
+        _require(request, [device.user for device in devices])
+        for device in devices:
             flows.reset(device.user, _actor(request), request)
 
 
-class TwoFactorUserAdmin(UserAdmin):
+class TwoFactorUserAdmin(SecretLookupsRefused, UserAdmin):
     """The stock user admin, with each user's 2FA state and the two actions."""
 
     list_display = [*UserAdmin.list_display, "two_factor"]
@@ -142,6 +236,26 @@ class TwoFactorUserAdmin(UserAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).select_related("mfa_totp")
+
+    def has_manage_two_factor_permission(self, request: HttpRequest) -> bool:
+        return may_manage_two_factor(request.user)
+
+    # Deleting a user deletes their device too (CASCADE). Django refuses that (403) unless
+    # TOTPDeviceAdmin.has_delete_permission allows it for the device, so the rule holds; and
+    # the removal of the second factor is recorded and notified first, like any reset.
+    def delete_model(self, request: HttpRequest, obj) -> None:
+        self._reset_before_delete(request, [obj])
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._reset_before_delete(request, list(queryset))
+        super().delete_queryset(request, queryset)
+
+    def _reset_before_delete(self, request: HttpRequest, users: list) -> None:
+        with_2fa = [user for user in users if flows.has_2fa(user)]
+        _require(request, with_2fa)
+        for user in with_2fa:
+            flows.reset(user, f"{_actor(request)}, deleting user {user.pk}", request)
 
     @admin.display(description=_("two-factor"))
     def two_factor(self, obj) -> str:

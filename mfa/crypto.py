@@ -25,6 +25,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.views.decorators.debug import sensitive_variables
 
 from .conf import settings
 
@@ -156,10 +157,12 @@ class KeyRing:
     def primary(self) -> bytes:
         return self.keys[0]
 
+    @sensitive_variables()
     def encrypt(self, secret: str, user_pk: object) -> str:
         """Encrypt a base32 TOTP secret for one user under the primary key."""
         return self._multi.encrypt(_bind(secret, user_pk)).decode("ascii")
 
+    @sensitive_variables()
     def decrypt(self, token: str, user_pk: object) -> str:
         """Decrypt a user's secret with whichever key fits, or raise ``UndecryptableSecret``."""
         try:
@@ -178,6 +181,7 @@ class KeyRing:
             return key
         return None
 
+    @sensitive_variables()
     def reencrypt(self, token: str, user_pk: object) -> str | None:
         """Return ``token`` re-encrypted under the primary key, or None if it already is.
 
@@ -234,10 +238,12 @@ def _reload_on_setting_change(*, setting: str, **kwargs) -> None:
         reload()
 
 
+@sensitive_variables()
 def _bind(secret: str, user_pk: object) -> bytes:
     return _PREFIX + str(user_pk).encode() + b":" + secret.encode("ascii")
 
 
+@sensitive_variables()
 def _unbind(plaintext: bytes, user_pk: object) -> str:
     expected = _PREFIX + str(user_pk).encode() + b":"
     if not plaintext.startswith(expected):
@@ -246,6 +252,7 @@ def _unbind(plaintext: bytes, user_pk: object) -> str:
     return plaintext[len(expected) :].decode("ascii")
 
 
+@sensitive_variables()
 def encrypt_secret(secret: str, user_pk: object) -> str:
     """Encrypt a base32 TOTP secret for one user under the primary key."""
     return current().encrypt(secret, user_pk)

@@ -7,10 +7,11 @@ The login, as a reviewer should check it:
 
 1. ``begin_pending_login``: the password was right and the user has 2FA. The session key is
    cycled (a logged-in session is ended instead) and the session holds only a marker (user
-   id, backend, time, and an HMAC of the password hash). ``login()`` is NOT called: the user
-   stays anonymous.
+   id, backend, time, the device's id, and an HMAC of the password hash). ``login()`` is NOT
+   called: the user stays anonymous.
 2. ``pending_user``: each second-step request re-reads the marker, and drops it if it has
-   expired, the user is gone or inactive, or the password changed meanwhile.
+   expired, the user is gone or inactive, or the password changed meanwhile. A device other
+   than the one the marker names (reset and enrolled again meanwhile) is answered ``GONE``.
 3. ``verify_totp`` / ``verify_recovery_code``: checks the database back-off, checks the code
    (decrypting the TOTP secret, failing closed; or one Argon2 verification), and consumes it
    with conditional UPDATEs in the same transaction as step 4 (``on_accept``).
@@ -73,6 +74,8 @@ Kind = SecurityEvent.Kind
 OnAccept = Callable[[], None]
 
 PENDING_KEY = "_mfa_pending"
+# Set by ``pending_user`` on the user it returns: the device the password step saw.
+PENDING_DEVICE_ATTR = "_mfa_pending_device"
 # When the password was last proved in this session (login or re-authentication).
 AUTH_AT_KEY = "_mfa_auth_at"
 ENROL_KEY = "_mfa_enrol_secret"
@@ -164,6 +167,10 @@ def begin_pending_login(request: HttpRequest, user: Any, next_url: str) -> None:
         "backend": user.backend,
         "at": int(totp.now()),
         "pw": _password_fingerprint(user),
+        # The device row, not just "has 2FA": an admin reset deletes the row and enrolment
+        # makes a new one, so a marker from before a reset cannot be finished with a device
+        # enrolled after it (perhaps by whoever has the password).
+        "device": TOTPDevice.objects.filter(user=user).values_list("pk", flat=True).first(),
         "next": next_url,
     }
     record(request, user, Kind.PASSWORD_OK)
@@ -202,10 +209,13 @@ def pending_user(request: HttpRequest) -> tuple[Any, str] | None:
         user is None
         or not user.is_active
         or not constant_time_compare(marker.get("pw", ""), _password_fingerprint(user))
+        or not isinstance(marker.get("device"), int)
     ):
         request.session.pop(PENDING_KEY, None)
         return None
     user.backend = marker["backend"]
+    # The verify functions look for this device only (``_device``): another one is GONE.
+    setattr(user, PENDING_DEVICE_ATTR, marker["device"])
     return user, marker.get("next", "")
 
 
@@ -344,7 +354,11 @@ def read_secret(request: HttpRequest | None, user: Any, device: TOTPDevice) -> s
 
 
 def _device(user: Any) -> TOTPDevice | None:
-    return TOTPDevice.objects.filter(user=user).first()
+    devices = TOTPDevice.objects.filter(user=user)
+    # In a pending login, only the device its password step saw (see begin_pending_login).
+    if (pk := getattr(user, PENDING_DEVICE_ATTR, None)) is not None:
+        devices = devices.filter(pk=pk)
+    return devices.first()
 
 
 def _usable(device_pk: int, now) -> "QuerySet[TOTPDevice]":

@@ -22,6 +22,8 @@ from functools import cache
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from .redact import sensitive
+
 __all__ = ["ALPHABET", "ParsedCode", "format_code", "generate", "hash_verifier", "parse", "verify"]
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -46,11 +48,13 @@ def _random(length: int) -> str:
     return "".join(secrets.choice(ALPHABET) for _ in range(length))
 
 
+@sensitive
 def format_code(selector: str, verifier: str) -> str:
     raw = selector + verifier
     return "-".join(raw[i : i + 4] for i in range(0, CODE_LENGTH, 4))
 
 
+@sensitive
 def generate(count: int) -> list[tuple[str, str]]:
     """Return ``count`` fresh (selector, verifier) pairs with distinct selectors."""
     pairs: dict[str, str] = {}
@@ -61,6 +65,7 @@ def generate(count: int) -> list[tuple[str, str]]:
     return list(pairs.items())
 
 
+@sensitive
 def parse(raw: str) -> ParsedCode | None:
     """Return the code's selector and verifier, or None if it cannot be a code."""
     if len(raw) > 64:
@@ -71,6 +76,7 @@ def parse(raw: str) -> ParsedCode | None:
     return ParsedCode(cleaned[:SELECTOR_LENGTH], cleaned[SELECTOR_LENGTH:])
 
 
+@sensitive
 def hash_verifier(selector: str, verifier: str) -> str:
     # The selector is hashed too, so a hash cannot be moved to another row and still match.
     return HASHER.hash(selector + verifier)
@@ -81,6 +87,7 @@ def _decoy_hash() -> str:
     return HASHER.hash(_random(CODE_LENGTH))
 
 
+@sensitive
 def verify(encoded: str | None, parsed: ParsedCode) -> bool:
     """Run exactly one Argon2 verification of ``parsed`` against ``encoded``.
 

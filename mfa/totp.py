@@ -1,5 +1,8 @@
 """RFC 6238 time-based one-time passwords and the otpauth:// Key URI. No Django here.
 
+Every function that holds a secret or a code hides its locals from error reports
+(``mfa.redact.sensitive``, which does what Django's ``sensitive_variables`` does).
+
 pyotp does the HMAC maths; this module decides which time steps are acceptable and compares in
 constant time. Time is a parameter everywhere (``now``), so tests pin it instead of sleeping.
 
@@ -18,6 +21,8 @@ from base64 import b32encode
 from urllib.parse import quote, urlencode
 
 import pyotp
+
+from .redact import sensitive
 
 __all__ = [
     "DIGITS",
@@ -58,6 +63,7 @@ def step_of(unix_time: float) -> int:
     return int(unix_time) // STEP
 
 
+@sensitive
 def code_at(secret: str, step: int, digits: int = DIGITS) -> str:
     """Return the code for time step ``step``."""
     return pyotp.TOTP(secret, digits=digits, interval=STEP).at(step * STEP)
@@ -76,6 +82,7 @@ def normalize_code(raw: str, digits: int = DIGITS) -> str | None:
     return code
 
 
+@sensitive
 def matching_step(secret: str, code: str, at: float, window: int = 1) -> int | None:
     """Return the time step whose code equals ``code``, within ``window`` steps of ``at``.
 
@@ -92,11 +99,13 @@ def matching_step(secret: str, code: str, at: float, window: int = 1) -> int | N
     return found
 
 
+@sensitive
 def group_secret(secret: str, size: int = 4) -> str:
     """Return the secret in groups of four for typing: ``ABCD EFGH ...``."""
     return " ".join(secret[i : i + size] for i in range(0, len(secret), size))
 
 
+@sensitive
 def provisioning_uri(secret: str, account: str, issuer: str) -> str:
     """Return the otpauth:// Key URI that authenticator apps read from the QR code.
 

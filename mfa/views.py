@@ -249,6 +249,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 # --- Enrolment ------------------------------------------------------------------------------
 
 
+@sensitive_variables()
 def qr_data_uri(uri: str) -> tuple[str, int]:
     """Return the QR code of ``uri`` as a data: URI of a PNG, and its width in pixels.
 
