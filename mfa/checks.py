@@ -8,6 +8,7 @@ mfa.E005  the key directory can be written by other users
 mfa.E006  a rate setting (MFA_*_RATE) is not a rate such as 5/m or 100/15m
 mfa.W010  the per-process in-process cache backs the rate limits of a multi-process server
 mfa.W011  the admin lets staff in without two-factor authentication (production)
+mfa.E011  MFA_ENROLMENT_GRACE or MFA_REAUTH_AGE is not a whole number of seconds, 0 or more
 """
 
 import os
@@ -20,7 +21,13 @@ from django.core.checks import Error, Tags, Warning, register
 from . import crypto
 from .conf import settings
 
-__all__ = ["check_key_ring", "check_rate_limit_cache", "check_rates", "check_staff_policy"]
+__all__ = [
+    "check_durations",
+    "check_key_ring",
+    "check_rate_limit_cache",
+    "check_rates",
+    "check_staff_policy",
+]
 
 LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
 
@@ -95,6 +102,17 @@ def check_rates(app_configs=None, **kwargs) -> list:
                 Error(f"MFA_{name} = {value!r} is not a rate such as '5/m'.", id="mfa.E006")
             )
     return errors
+
+
+@register(Tags.security)
+def check_durations(app_configs=None, **kwargs) -> list:
+    # Read on every request to a view protected by mfa.decorators: a string or a float there
+    # would be a server error on each protected page (or a proof that never expires).
+    return [
+        Error(f"MFA_{name} = {value!r} is not a whole number of seconds, 0 or more.", id="mfa.E011")
+        for name in ("ENROLMENT_GRACE", "REAUTH_AGE")
+        if not (type(value := getattr(settings, name)) is int and value >= 0)
+    ]
 
 
 @register(Tags.security, Tags.caches)

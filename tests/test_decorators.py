@@ -309,3 +309,23 @@ def test_a_later_password_only_login_does_not_inherit_the_second_factor(client, 
     assert login_password(client).status_code == 302
     enrol(verified.user)
     assert where(client.get("/protected/"))[0] == REAUTH
+
+
+# --- The settings' system check -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["MFA_ENROLMENT_GRACE", "MFA_REAUTH_AGE"])
+@pytest.mark.parametrize("value", ["3600", -1, 1.5, True, None])
+def test_e011_durations_must_be_whole_seconds(settings, name, value):
+    from mfa.checks import check_durations
+
+    setattr(settings, name, value)
+    assert [e.id for e in check_durations()] == ["mfa.E011"]
+
+
+def test_no_e011_for_good_durations(settings):
+    from mfa.checks import check_durations
+
+    settings.MFA_ENROLMENT_GRACE = 7 * 24 * 3600
+    settings.MFA_REAUTH_AGE = 0
+    assert check_durations() == []
