@@ -4,8 +4,9 @@ Every signal is sent with ``sender`` = the user's class and these keyword argume
 
 - ``two_factor_enabled(request, user)``: a second factor was confirmed (enrolment).
 - ``two_factor_disabled(request, user, actor)``: it was removed; ``actor`` is None when the
-  user turned it off, or the administrator's description (``flows.reset``). ``request`` may
-  be None for a reset made outside a request (a management command).
+  user turned it off, or the administrator's description (``flows.reset``). For a reset,
+  ``request`` is the administrator's (its ``user`` is not ``user``), or None outside a
+  request (a management command).
 - ``login_verified(request, user, method)``: a login's second step succeeded; ``method`` is
   ``"totp"`` or ``"recovery code"``. A login without 2FA sends only Django's
   ``user_logged_in``.

@@ -323,8 +323,7 @@ def _confirm_password(
     template: str = "mfa/confirm_password.html",
     next_url: str = "",
 ) -> HttpResponse:
-    """Ask for the password again: before a session that is not fresh may add a second factor,
-    and for ``reauth_view`` when the user has none."""
+    """Ask for the password again (a stale setup; ``reauth_view`` for a user without 2FA)."""
     posted = request.method == "POST" and "password" in request.POST
     form = PasswordForm(request.POST if posted else None)
     if posted:
