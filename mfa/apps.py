@@ -10,7 +10,7 @@ class MfaConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, signals  # noqa: F401  (register the checks and receivers)
+        from . import checks, receivers, signals  # noqa: F401  (register checks, receivers)
 
 
 class MfaAdminConfig(admin_apps.AdminConfig):

@@ -14,6 +14,7 @@ mfa.E010  the key ring's directory is inside a git work tree, and git does not i
 mfa.W013  the key ring is inside a git work tree, and whether git ignores it cannot be told
 mfa.W010  the per-process in-process cache backs the rate limits of a multi-process server
 mfa.W011  the admin lets staff in without two-factor authentication (production)
+mfa.E011  MFA_ENROLMENT_GRACE or MFA_REAUTH_AGE is not a whole number of seconds, 0 or more
 mfa.W012  LOGIN_REDIRECT_URL leads to no page of this site
 
 docs/settings.md lists them with what to do about each.
@@ -44,6 +45,7 @@ from .conf import settings
 __all__ = [
     "STRICT_COMMANDS",
     "check_base_template",
+    "check_durations",
     "check_key_ring",
     "check_key_ring_not_in_git",
     "check_login_redirect",
@@ -236,6 +238,17 @@ def check_rates(app_configs=None, **kwargs) -> list:
                 Error(f"MFA_{name} = {value!r} is not a rate such as '5/m'.", id="mfa.E006")
             )
     return errors
+
+
+@register(Tags.security)
+def check_durations(app_configs=None, **kwargs) -> list:
+    # Read on every request to a view protected by mfa.decorators: a string or a float there
+    # would be a server error on each protected page (or a proof that never expires).
+    return [
+        Error(f"MFA_{name} = {value!r} is not a whole number of seconds, 0 or more.", id="mfa.E011")
+        for name in ("ENROLMENT_GRACE", "REAUTH_AGE")
+        if not (type(value := getattr(settings, name)) is int and value >= 0)
+    ]
 
 
 @register(Tags.security, Tags.caches)

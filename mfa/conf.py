@@ -77,6 +77,13 @@ class Settings:
         return getattr(django_settings, "MFA_REAUTH_AGE", 15 * 60)
 
     @property
+    def ENROLMENT_GRACE(self) -> int:
+        # Seconds after a user joined (``date_joined``) during which ``mfa_required`` views
+        # still open without a second factor; later they send the user to set one up. 0: at
+        # once, the secure default. A user model without ``date_joined`` gets no grace.
+        return getattr(django_settings, "MFA_ENROLMENT_GRACE", 0)
+
+    @property
     def VALID_WINDOW(self) -> int:
         # Steps of clock skew tolerated either side: T-1, T, T+1 (RFC 6238 section 5.2).
         # A deliberate deviation from ASVS 6.5.5's 30 s, documented in SECURITY.md.

@@ -38,7 +38,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
-from . import crypto, notify, recovery, sessions, throttle, totp
+from . import crypto, notify, recovery, sessions, signals, throttle, totp
 from .conf import settings
 from .models import RecoveryCode, SecurityEvent, TOTPDevice
 
@@ -58,9 +58,11 @@ __all__ = [
     "pending_user",
     "read_secret",
     "recently_authenticated",
+    "reauthenticated_within",
     "record",
     "regenerate_recovery_codes",
     "reset",
+    "second_factor_verified",
     "unlock",
     "unused_code_count",
     "verify_any_code",
@@ -78,6 +80,10 @@ PENDING_KEY = "_mfa_pending"
 PENDING_DEVICE_ATTR = "_mfa_pending_device"
 # When the password was last proved in this session (login or re-authentication).
 AUTH_AT_KEY = "_mfa_auth_at"
+# When a second factor was last proved in this session (the login's second step, the
+# confirmation of an enrolment, a re-authentication with a code). Never set by a password
+# alone, so ``mfa.decorators`` can tell a session that used its second factor.
+VERIFIED_AT_KEY = "_mfa_verified_at"
 ENROL_KEY = "_mfa_enrol_secret"
 # Set after a factor change, so the security page offers to sign out every other session.
 OFFER_END_SESSIONS_KEY = "_mfa_offer_end_sessions"
@@ -231,11 +237,14 @@ def complete_login(request: HttpRequest, user: Any, method: str) -> None:
     audit event commit together (one commit for the whole step on the login's hot path).
     """
     request.session.pop(PENDING_KEY, None)
+    request.session.pop(VERIFIED_AT_KEY, None)  # proved again below, or not in this login
     sessions.forget(request.session)  # logging in again from a logged-in session
     auth_login(request, user, backend=getattr(user, "backend", None))
     sessions.register(request, user)
-    mark_reauthenticated(request)
+    mark_reauthenticated(request, second_factor=method != "password")
     record(request, user, Kind.LOGIN, detail=method)
+    if method != "password":
+        signals.send(signals.login_verified, request, user, method=method)
     _save_session(request)
 
 
@@ -246,9 +255,16 @@ def _save_session(request: HttpRequest) -> None:
     request.session.save()
 
 
-def mark_reauthenticated(request: HttpRequest) -> None:
-    """Note that the user proved their password just now (see ``recently_authenticated``)."""
-    request.session[AUTH_AT_KEY] = int(totp.now())
+def mark_reauthenticated(request: HttpRequest, second_factor: bool = False) -> None:
+    """Note that the user proved their password (and perhaps a second factor) just now.
+
+    The password alone (``second_factor=False``, the setup's confirmation) never counts as
+    the proof ``reauthenticated_within`` asks of a user who has a second factor.
+    """
+    now = int(totp.now())
+    request.session[AUTH_AT_KEY] = now
+    if second_factor:
+        request.session[VERIFIED_AT_KEY] = now
 
 
 def recently_authenticated(request: HttpRequest) -> bool:
@@ -257,20 +273,45 @@ def recently_authenticated(request: HttpRequest) -> bool:
     Adding a second factor needs it: a stolen, hours-old session must not be able to enrol
     the thief's authenticator and so lock the owner out of their own account.
     """
-    at = request.session.get(AUTH_AT_KEY)
-    return isinstance(at, int) and 0 <= totp.now() - at <= settings.REAUTH_AGE
+    return _proved_within(request, AUTH_AT_KEY, settings.REAUTH_AGE)
+
+
+def second_factor_verified(request: HttpRequest) -> bool:
+    """Whether a second factor was proved in this session, at any time (``mfa_required``)."""
+    return isinstance(request.session.get(VERIFIED_AT_KEY), int)
+
+
+def reauthenticated_within(request: HttpRequest, max_age: int) -> bool:
+    """Whether the logged-in user proved the password, and a second factor if they have one,
+    within ``max_age`` seconds in this session (``reauth_required``).
+
+    Each proof is dated on its own: the password of the login or of a re-authentication, the
+    code of the login, of the enrolment or of a re-authentication.
+    """
+    if not _proved_within(request, AUTH_AT_KEY, max_age):
+        return False
+    return not has_2fa(request.user) or _proved_within(request, VERIFIED_AT_KEY, max_age)
+
+
+def _proved_within(request: HttpRequest, key: str, max_age: int) -> bool:
+    at = request.session.get(key)
+    # Not in the future either: a marker written under a clock that has since gone back.
+    return isinstance(at, int) and 0 <= totp.now() - at <= max_age
 
 
 # --- Verifying codes ------------------------------------------------------------------------
 
 
-def _failed(request: HttpRequest, user: Any, device: TOTPDevice, detail: str) -> Outcome:
+def _failed(
+    request: HttpRequest, user: Any, device: TOTPDevice, detail: str, method: str
+) -> Outcome:
     now = _now()
     failure = throttle.record_failure(device.pk, now)
     if failure is None:
         return Outcome(Result.GONE)
     device = failure.device
     record(request, user, Kind.MFA_FAILED, detail=detail)
+    signals.send(signals.verification_failed, request, user, method=method, reason="invalid")
     if device.failure_count == settings.BACKOFF_AFTER:
         # ASVS 6.3.5: the password was right, the second factor repeatedly wrong (also in a
         # re-authentication, where a session thief may be trying codes).
@@ -281,6 +322,7 @@ def _failed(request: HttpRequest, user: Any, device: TOTPDevice, detail: str) ->
         _suspicious(request, user, "wrong code after the password")
     if device.failure_count == settings.LOCKOUT_AFTER:
         record(request, user, Kind.LOCKED, detail=f"{device.failure_count} failures")
+        signals.send(signals.locked, request, user)
         notify.send(user, Kind.LOCKED)
     elif device.blocked_until is not None and device.failure_count >= settings.BACKOFF_AFTER:
         record(request, user, Kind.BACKOFF, detail=f"{device.failure_count} failures")
@@ -387,7 +429,7 @@ def verify_totp(
         return Outcome(Result.UNREADABLE)
     step = totp.matching_step(secret, code, totp.now(), settings.VALID_WINDOW)
     if step is None:
-        return _failed(request, user, device, "wrong code")
+        return _failed(request, user, device, "wrong code", "totp")
     # The replay guard, the back-off and the reset of the failure count in one statement: of
     # any number of requests racing with this code, on any number of processes, exactly one
     # sees a row to update.
@@ -408,6 +450,7 @@ def verify_totp(
         return blocked
     # A correct code of a step already used: refused, recorded, but not counted as a guess.
     record(request, user, Kind.MFA_FAILED, detail="code already used")
+    signals.send(signals.verification_failed, request, user, method="totp", reason="replay")
     return Outcome(Result.REPLAY)
 
 
@@ -439,7 +482,7 @@ def verify_recovery_code(
         .first()
     )
     if not recovery.verify(row.code_hash if row else None, parsed):
-        return _failed(request, user, device, "wrong recovery code")
+        return _failed(request, user, device, "wrong recovery code", "recovery code")
     now = _now()
     try:
         with transaction.atomic():
@@ -454,13 +497,18 @@ def verify_recovery_code(
             if not RecoveryCode.objects.filter(pk=row.pk, used_at__isnull=True).update(used_at=now):
                 raise _Refused()
             # In the same transaction as the code's use and the login: all of it or none.
-            record(request, user, Kind.RECOVERY_USED, detail=f"{unused_code_count(user)} left")
+            remaining = unused_code_count(user)
+            record(request, user, Kind.RECOVERY_USED, detail=f"{remaining} left")
+            signals.send(signals.recovery_code_used, request, user, remaining=remaining)
             if on_accept is not None:
                 on_accept()
     except _Refused as refused:
         if refused.outcome is not None:
             return refused.outcome
         record(request, user, Kind.MFA_FAILED, detail="recovery code already used")
+        signals.send(
+            signals.verification_failed, request, user, method="recovery code", reason="replay"
+        )
         return Outcome(Result.REPLAY)
     notify.send(user, Kind.RECOVERY_USED)
     return Outcome(Result.OK)
@@ -536,8 +584,11 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
             return None
         codes = _replace_recovery_codes(user)
     del request.session[ENROL_KEY]
+    # The code just proved the new factor: this session has used it (``mfa_required``).
+    request.session[VERIFIED_AT_KEY] = int(totp.now())
     _offer_end_sessions(request)
     record(request, user, Kind.ENABLED)
+    signals.send(signals.two_factor_enabled, request, user)
     notify.send(user, Kind.ENABLED)
     return codes
 
@@ -560,6 +611,7 @@ def regenerate_recovery_codes(request: HttpRequest, user: Any) -> list[str]:
         codes = _replace_recovery_codes(user)
     _offer_end_sessions(request)
     record(request, user, Kind.CODES_REGENERATED)
+    signals.send(signals.recovery_codes_regenerated, request, user)
     notify.send(user, Kind.CODES_REGENERATED)
     return codes
 
@@ -578,6 +630,7 @@ def disable(request: HttpRequest, user: Any) -> None:
     _remove(user)
     _offer_end_sessions(request)
     record(request, user, Kind.DISABLED)
+    signals.send(signals.two_factor_disabled, request, user, actor=None)
     notify.send(user, Kind.DISABLED)
 
 
@@ -593,6 +646,7 @@ def reset(user: Any, actor: str, request: HttpRequest | None = None) -> bool:
     _remove(user)
     sessions.end_all(user, import_module(django_settings.SESSION_ENGINE).SessionStore)
     record(request, user, Kind.ADMIN_RESET, detail=f"by {actor}")
+    signals.send(signals.two_factor_disabled, request, user, actor=actor)
     notify.send(user, Kind.ADMIN_RESET)
     return True
 

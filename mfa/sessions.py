@@ -36,6 +36,10 @@ SID_KEY = "_mfa_sid"
 
 def register(request: HttpRequest, user: Any) -> None:
     """Track the session that ``login()`` just made for ``user``."""
+    if request.session.session_key is None:
+        # login() flushed another user's session (signing in as someone else): give the new
+        # one its key now, or its registration would have none (NOT NULL, a server error).
+        request.session.cycle_key()
     sid = secrets.token_urlsafe(24)
     request.session[SID_KEY] = sid
     UserSession.objects.create(user=user, sid=sid, session_key=request.session.session_key)

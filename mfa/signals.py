@@ -1,13 +1,74 @@
-"""Signal receivers, connected in ``MfaConfig.ready``."""
+"""The app's public signals, sent by ``mfa.flows`` after each change has been committed.
 
-from django.contrib.auth.signals import user_logged_out
-from django.dispatch import receiver
+Every signal is sent with ``sender`` = the user's class and these keyword arguments:
 
-from . import sessions
+- ``two_factor_enabled(request, user)``: a second factor was confirmed (enrolment).
+- ``two_factor_disabled(request, user, actor)``: it was removed; ``actor`` is None when the
+  user turned it off, or the administrator's description (``flows.reset``). For a reset,
+  ``request`` is the administrator's (its ``user`` is not ``user``), or None outside a
+  request (a management command).
+- ``login_verified(request, user, method)``: a login's second step succeeded; ``method`` is
+  ``"totp"`` or ``"recovery code"``. A login without 2FA sends only Django's
+  ``user_logged_in``.
+- ``verification_failed(request, user, method, reason)``: a code was refused, at a login or
+  a re-authentication; ``method`` as above, ``reason`` is ``"invalid"`` (a wrong code,
+  counted towards the back-off) or ``"replay"`` (a right code already used, not counted).
+  Attempts refused unchecked (rate-limited, backed off, locked) send nothing.
+- ``recovery_code_used(request, user, remaining)``: a recovery code was spent; ``remaining``
+  unused codes are left.
+- ``recovery_codes_regenerated(request, user)``: every recovery code was replaced.
+- ``locked(request, user)``: the failures reached ``MFA_LOCKOUT_AFTER``; only an
+  administrator can unlock.
+
+When they are sent, and why: on ``transaction.on_commit``, so a receiver hears only of what
+really happened (a login whose transaction rolls back sends nothing), and with
+``send_robust``: a receiver's exception is logged, never raised. A receiver therefore cannot
+turn an accepted login into a refused one (or a spent code into an unspent one), nor a refused
+login into an accepted one; the decision is made and committed before any receiver runs.
+Receivers run in the request's thread: keep them quick, or hand the work to a queue.
+"""
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.dispatch import Signal
+
+__all__ = [
+    "locked",
+    "login_verified",
+    "recovery_code_used",
+    "recovery_codes_regenerated",
+    "send",
+    "two_factor_disabled",
+    "two_factor_enabled",
+    "verification_failed",
+]
+
+logger = logging.getLogger(__name__)
+
+two_factor_enabled = Signal()
+two_factor_disabled = Signal()
+login_verified = Signal()
+verification_failed = Signal()
+recovery_code_used = Signal()
+recovery_codes_regenerated = Signal()
+locked = Signal()
 
 
-@receiver(user_logged_out, dispatch_uid="mfa.forget_session_on_logout")
-def forget_session_on_logout(sender, request, user, **kwargs) -> None:
-    # Every logout, ours or the admin's: the session is about to be flushed.
-    if request is not None:
-        sessions.forget(request.session)
+def send(signal: Signal, request: Any, user: Any, **kwargs: Any) -> None:
+    """Send ``signal`` once the current transaction commits (at once outside of one)."""
+    transaction.on_commit(lambda: _send_robust(signal, request, user, kwargs))
+
+
+def _send_robust(signal: Signal, request: Any, user: Any, kwargs: dict[str, Any]) -> None:
+    for receiver, result in signal.send_robust(
+        sender=user.__class__, request=request, user=user, **kwargs
+    ):
+        if isinstance(result, Exception):
+            # The receiver's own exception, with its traceback; the app's decision stands.
+            logger.error(
+                "mfa signal receiver %r failed; ignored",
+                receiver,
+                exc_info=(type(result), result, result.__traceback__),
+            )

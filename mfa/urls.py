@@ -9,6 +9,7 @@ app_name = "mfa"
 urlpatterns = [
     path("login/", views.login_view, name="login"),
     path("logout/", views.logout_view, name="logout"),
+    path("reauth/", views.reauth_view, name="reauth"),
     path("2fa/verify/", views.verify_view, name="verify"),
     path("2fa/recovery/", views.recovery_view, name="recovery"),
     path("2fa/setup/", views.setup_view, name="setup"),

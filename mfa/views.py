@@ -275,8 +275,10 @@ def setup_view(request: HttpRequest) -> HttpResponse:
             _("Two-factor authentication is already on. Turn it off first to use a new app."),
         )
         return redirect("mfa:security")
+    # Where to go once enrolled (mfa_required sends users here with it): this site only.
+    next_url = _next_on_site(request, request.GET.get(REDIRECT_FIELD_NAME))
     if not flows.recently_authenticated(request):
-        return _confirm_password(request)
+        return _confirm_password(request, lambda: _to_setup(next_url), next_url=next_url)
     try:
         secret, restarted = flows.begin_enrolment(request, user)
     except crypto.KeyRingError:
@@ -299,7 +301,7 @@ def setup_view(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             codes = flows.confirm_enrolment(request, user, form.cleaned_data["code"])
             if codes is not None:
-                return show_recovery_codes(request, codes, enrolled=True)
+                return show_recovery_codes(request, codes, enrolled=True, next_url=next_url)
             form.add_error(
                 "code", _("That code does not match. Check the app shows this account's code.")
             )
@@ -316,6 +318,7 @@ def setup_view(request: HttpRequest) -> HttpResponse:
         "issuer": issuer,
         "account": user.get_username(),
         "code_count": settings.RECOVERY_CODE_COUNT,
+        "next": next_url,
     }
     return no_store(render(request, "mfa/setup.html", context, status=status))
 
@@ -332,8 +335,24 @@ def _password_rates(user: Any) -> tuple[throttle.Check, ...]:
     )
 
 
-def _confirm_password(request: HttpRequest) -> HttpResponse:
-    """Ask for the password before a session that is not fresh may add a second factor."""
+def _next_on_site(request: HttpRequest, candidate: str | None) -> str:
+    # Like safe_next, but "" rather than the default page: the setup's own links then stay.
+    if candidate and safe_next(request, candidate) == candidate:
+        return candidate
+    return ""
+
+
+def _to_setup(next_url: str) -> HttpResponse:
+    return redirect_with_next("mfa:setup", next_url) if next_url else redirect("mfa:setup")
+
+
+def _confirm_password(
+    request: HttpRequest,
+    on_success: Callable[[], HttpResponse],
+    template: str = "mfa/confirm_password.html",
+    next_url: str = "",
+) -> HttpResponse:
+    """Ask for the password again (a stale setup; ``reauth_view`` for a user without 2FA)."""
     posted = request.method == "POST" and "password" in request.POST
     form = PasswordForm(request.POST if posted else None)
     if posted:
@@ -341,23 +360,26 @@ def _confirm_password(request: HttpRequest) -> HttpResponse:
             return too_many(request, limited)
         if form.is_valid() and request.user.check_password(form.cleaned_data["password"]):
             flows.mark_reauthenticated(request)
-            return redirect("mfa:setup")
+            return on_success()
         flows.record(request, request.user, Kind.PASSWORD_FAILED, detail="re-authentication")
         form.add_error("password", _("That password is not right."))
     return render(
         request,
-        "mfa/confirm_password.html",
-        {"form": form},
+        template,
+        {"form": form, "next": next_url},
         status=400 if request.method == "POST" else 200,
     )
 
 
 @sensitive_variables("codes", "text", "download", "context")
-def show_recovery_codes(request: HttpRequest, codes: list[str], enrolled: bool) -> HttpResponse:
+def show_recovery_codes(
+    request: HttpRequest, codes: list[str], enrolled: bool, next_url: str = ""
+) -> HttpResponse:
     """Render fresh codes, once, in the response to the POST that made them."""
     text = "\n".join(codes) + "\n"
     download = "data:text/plain;charset=utf-8;base64," + base64.b64encode(text.encode()).decode()
-    context = {"codes": codes, "download": download, "enrolled": enrolled}
+    # next_url: the page the user was going to when sent to enrol (the "continue" link).
+    context = {"codes": codes, "download": download, "enrolled": enrolled, "next": next_url}
     return no_store(render(request, "mfa/recovery_codes.html", context))
 
 
@@ -406,6 +428,29 @@ def _reauth(
                 else:
                     form.add_error(None, _("The password or the code is not right."))
     return render(request, template, {"form": form}, status=status)
+
+
+@sensitive_post_parameters("password", "code")
+@never_cache
+@login_required
+@GET_POST
+def reauth_view(request: HttpRequest) -> HttpResponse:
+    """Prove the password again, and a code when enrolled, then go back (``reauth_required``).
+
+    The same checks, rate limits and audit events as turning 2FA off: ``_reauth`` for a user
+    with a second factor, ``_confirm_password`` for one without.
+    """
+    next_url = safe_next(request, request.GET.get(REDIRECT_FIELD_NAME))
+
+    def done() -> HttpResponse:
+        flows.mark_reauthenticated(request, second_factor=True)
+        return HttpResponseRedirect(next_url)
+
+    if flows.has_2fa(request.user):
+        return _reauth(request, "mfa/reauth.html", done)
+    return _confirm_password(
+        request, lambda: HttpResponseRedirect(next_url), "mfa/reauth.html", next_url
+    )
 
 
 @sensitive_post_parameters("password", "code")
