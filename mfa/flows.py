@@ -334,7 +334,8 @@ def _failed(
 
 
 def _first_failure_of_pending_login(request: HttpRequest | None, user: Any) -> bool:
-    marker = request.session.get(PENDING_KEY) if request is not None else None
+    session = getattr(request, "session", None)  # None outside a request (a command)
+    marker = session.get(PENDING_KEY) if session is not None else None
     if not isinstance(marker, dict) or marker.get("uid") != str(user.pk):
         return False  # a re-authentication: the session was already logged in
     events = SecurityEvent.objects.filter(user=user)

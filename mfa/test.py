@@ -19,9 +19,21 @@ audit event is written. A user without 2FA gets a plain login (``method`` is the
 It works with every session engine, ``signed_cookies`` and ``cached_db`` included, and with
 ``Client`` and ``AsyncClient`` (``averified_login`` from async tests).
 
+``enrol(user)`` gives a user a confirmed second factor as a finished enrolment would (an
+encrypted secret, fresh recovery codes), and returns what the user's phone and paper would
+hold, so a test can also drive the real login pages::
+
+    from mfa.test import enrol, verified_login
+
+    def test_payments(client, user):
+        enrolment = enrol(user)
+        verified_login(client, user)           # or post enrolment.code() to the login pages
+        assert client.get("/payments/").status_code == 200
+
 No code is checked: this is for tests only, and nothing in the app calls it.
 """
 
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
@@ -31,12 +43,34 @@ from django.contrib.auth import get_backends
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest
 
-from . import flows
+from . import crypto, flows, totp
+from .models import TOTPDevice
 
-__all__ = ["averified_login", "verified_login"]
+__all__ = ["Enrolment", "averified_login", "enrol", "verified_login"]
 
 # The second-factor methods a login records ("totp" or "recovery code", as mfa.views does).
 METHODS = ("totp", "recovery code")
+
+
+@dataclass
+class Enrolment:
+    """What an enrolled user holds: the secret in their app, and their recovery codes."""
+
+    user: Any
+    secret: str
+    recovery_codes: list[str] = field(repr=False)
+
+    def code(self, offset_steps: int = 0) -> str:
+        """Return the code the user's app shows now (or ``offset_steps`` steps away)."""
+        return totp.code_at(self.secret, totp.step_of(totp.now()) + offset_steps)
+
+
+def enrol(user: Any, secret: str | None = None) -> Enrolment:
+    """Give ``user`` a confirmed TOTP second factor and fresh recovery codes (no views, no
+    audit event, no email), as a finished enrolment leaves them."""
+    secret = secret or totp.generate_secret()
+    TOTPDevice.objects.create(user=user, encrypted_secret=crypto.encrypt_secret(secret, user.pk))
+    return Enrolment(user, secret, flows._replace_recovery_codes(user))
 
 
 def verified_login(

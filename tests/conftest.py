@@ -14,8 +14,9 @@ import time_machine
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
-from mfa import crypto, flows, recovery, totp
-from mfa.models import RecoveryCode, TOTPDevice
+from mfa import crypto, flows, totp
+from mfa import test as mfa_test
+from mfa.models import TOTPDevice
 
 PASSWORD = "correct horse battery staple"
 # Not a round number of steps, so "the code now" and "the code 30 s ago" differ.
@@ -85,14 +86,8 @@ class Enrolled:
 
 def enrol(user, secret: str | None = None) -> Enrolled:
     """Create the rows that a confirmed enrolment creates, without going through the views."""
-    secret = secret or totp.generate_secret()
-    TOTPDevice.objects.create(user=user, encrypted_secret=crypto.encrypt_secret(secret, user.pk))
-    pairs = recovery.generate(10)
-    RecoveryCode.objects.bulk_create(
-        RecoveryCode(user=user, selector=s, code_hash=recovery.hash_verifier(s, v))
-        for s, v in pairs
-    )
-    return Enrolled(user, secret, [recovery.format_code(s, v) for s, v in pairs])
+    enrolment = mfa_test.enrol(user, secret)
+    return Enrolled(user, enrolment.secret, enrolment.recovery_codes)
 
 
 @pytest.fixture

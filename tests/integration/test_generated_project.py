@@ -118,16 +118,25 @@ TESTS = """\
 from django.contrib.auth import get_user_model
 from django.test import TestCase
 
-from mfa.test import verified_login
+from mfa.test import enrol, verified_login
 
 
 class PaymentsTests(TestCase):
-    def test_a_verified_user_sees_the_payments_page(self):
-        user = get_user_model().objects.create_user(
+    def setUp(self):
+        self.user = get_user_model().objects.create_user(
             username="bob", email="bob@example.com", password="a long test password"
         )
-        verified_login(self.client, user)
+        enrol(self.user)
+
+    def test_a_verified_user_sees_the_payments_page(self):
+        verified_login(self.client, self.user)
         self.assertContains(self.client.get("/payments/"), "The payments page.")
+
+    def test_force_login_is_not_enough_for_a_user_with_2fa(self):
+        self.client.force_login(self.user)
+        self.assertRedirects(
+            self.client.get("/payments/"), "/accounts/login/", fetch_redirect_response=False
+        )
 """
 EMAIL, PASSWORD = "alice@example.com", "correct horse battery staple"
 START_TIMEOUT = 60  # seconds for runserver to answer; it usually takes one or two
@@ -179,17 +188,23 @@ def make_project(python: Path, where: Path) -> Path:
     return project
 
 
-def test_check_makemigrations_and_migrate_work_before_the_key_ring_exists(project_python, tmp_path):
+def test_makemigrations_and_migrate_work_before_the_key_ring_exists_and_check_refuses(
+    project_python, tmp_path
+):
     # Not tmp_path itself: the suite's autouse key ring lives in tmp_path/keys.
     where = tmp_path / "site"
     where.mkdir()
     project = make_project(project_python, where)
     assert not (where / "keys").exists()
-    manage(project_python, project, "makemigrations", "accounts")
-    check = manage(project_python, project, "check")
-    # The missing ring is said, as a warning: these commands need no key.
-    assert "mfa.W001" in check.stdout + check.stderr
-    manage(project_python, project, "migrate", "--noinput")
+    # Commands that read no key run, and say what is missing as a warning.
+    made = manage(project_python, project, "makemigrations", "accounts")
+    assert "mfa.W001" in made.stdout + made.stderr
+    migrated = manage(project_python, project, "migrate", "--noinput")
+    assert "mfa.W001" in migrated.stdout + migrated.stderr
+    # `check` is how a deploy asks whether the site may serve: without a ring it may not.
+    check = manage(project_python, project, "check", check=False)
+    assert check.returncode == 1
+    assert "mfa.E001" in check.stdout + check.stderr
     assert not (where / "keys").exists()
 
 
