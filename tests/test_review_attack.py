@@ -5,6 +5,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from django.contrib.auth import get_user_model
 
+from mfa import forms
 from tests.conftest import PASSWORD, enrol, login_password
 
 pytestmark = pytest.mark.django_db
@@ -40,3 +41,15 @@ def test_admin_opens_after_the_step_up(client, clock, staff):
     )
     assert response["Location"] == "/admin/"
     assert client.get("/admin/").status_code == 200
+
+
+# --- One password budget per account, whatever the case of the name --------------------------
+
+
+@pytest.mark.parametrize("spelling", ["alıce", "ALıCE", "ALICE", "Alice"])
+def test_every_case_insensitive_spelling_shares_the_budget(spelling):
+    # A backend that matches usernames without regard to case (``username__iexact``: UPPER()
+    # on PostgreSQL) signs each of these in as alice; each must spend alice's one budget, or
+    # every dotless ı doubles the guesses an attacker gets.
+    assert spelling.upper() == "ALICE"
+    assert forms.username_key(spelling) == forms.username_key("alice")
