@@ -88,8 +88,10 @@ def username_key(username: str) -> str:
     Case folded on top of ``normalize_username``: a backend that matches names without regard
     to case signs "ALICE" in as alice, and folding can only merge budgets (the safe direction),
     never split one. Used for a user's own name too (re-authentication shares the budget).
+    Upper-cased first: a case-insensitive lookup compares upper cases (Django's ``iexact`` is
+    UPPER() on PostgreSQL), and "alıce" (dotless ı) upper-cases to ALICE but casefolds apart.
     """
-    return normalize_username(username).casefold()
+    return normalize_username(username).upper().casefold()
 
 
 class LoginForm(TextOnlyForm, AuthenticationForm):

@@ -2,7 +2,9 @@
 
 Django's admin ships a login page that calls ``login()`` after the password alone. This site
 replaces it with a redirect to the two-step login, and lets in only staff whose session went
-through it; with ``MFA_REQUIRE_FOR_STAFF`` staff must also have enrolled.
+through it; with ``MFA_REQUIRE_FOR_STAFF`` staff must also have enrolled. Staff with 2FA whose
+session never used it (it logged in with the password before they enrolled) step up at
+``mfa:reauth`` first, as ``mfa_required`` views make them.
 """
 
 from urllib.parse import urlencode
@@ -30,8 +32,17 @@ class AdminSite(admin.AdminSite):
             and not flows.has_2fa(user)
         )
 
+    def needs_second_factor(self, request: HttpRequest) -> bool:
+        # A session that logged in with the password alone before its user enrolled: the
+        # admin must not be the one page that a password-only session still opens.
+        return flows.has_2fa(request.user) and not flows.second_factor_verified(request)
+
     def has_permission(self, request: HttpRequest) -> bool:
-        return super().has_permission(request) and not self.needs_enrolment(request)
+        return (
+            super().has_permission(request)
+            and not self.needs_enrolment(request)
+            and not self.needs_second_factor(request)
+        )
 
     def login(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         next_url = request.GET.get(REDIRECT_FIELD_NAME) or reverse(
@@ -43,4 +54,6 @@ class AdminSite(admin.AdminSite):
             )
             return HttpResponseRedirect(reverse("mfa:setup"))
         query = urlencode({REDIRECT_FIELD_NAME: safe_next(request, next_url)})
+        if request.user.is_authenticated and self.needs_second_factor(request):
+            return HttpResponseRedirect(f"{reverse('mfa:reauth')}?{query}")
         return HttpResponseRedirect(f"{reverse('mfa:login')}?{query}")
