@@ -482,9 +482,26 @@ def regenerate_view(request: HttpRequest) -> HttpResponse:
 # --- The security page ----------------------------------------------------------------------
 
 
+def verified_if_enrolled(view: Callable) -> Callable:
+    """Let a user with 2FA in only with a session that has used it; else step up first.
+
+    A session that signed in with the password before the user enrolled elsewhere must not
+    read the security events or sign the owner out everywhere else.
+    """
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if flows.has_2fa(request.user) and not flows.second_factor_verified(request):
+            return redirect_with_next("mfa:reauth", request.get_full_path())
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
 @never_cache
 @login_required
 @require_http_methods(["GET"])
+@verified_if_enrolled
 def security_view(request: HttpRequest) -> HttpResponse:
     user = request.user
     device = TOTPDevice.objects.filter(user=user).first()
@@ -502,6 +519,7 @@ def security_view(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
+@verified_if_enrolled
 def end_sessions_view(request: HttpRequest) -> HttpResponse:
     ended = flows.end_other_sessions(request, request.user)
     request.session.pop(flows.OFFER_END_SESSIONS_KEY, None)

@@ -4,9 +4,10 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from mfa import forms
-from tests.conftest import PASSWORD, enrol, login_password
+from tests.conftest import PASSWORD, enrol, full_login, is_logged_in, login_password
 
 pytestmark = pytest.mark.django_db
 
@@ -53,3 +54,29 @@ def test_every_case_insensitive_spelling_shares_the_budget(spelling):
     # every dotless ı doubles the guesses an attacker gets.
     assert spelling.upper() == "ALICE"
     assert forms.username_key(spelling) == forms.username_key("alice")
+
+
+# --- The security pages of a session that never used the second factor ----------------------
+
+
+def test_a_session_from_before_enrolment_steps_up_before_the_security_page(client, clock, user):
+    login_password(client, "alice")  # no 2FA yet: the password alone logs in
+    enrolled = enrol(user)  # the owner enrols in another session
+    response = client.get("/accounts/security/")
+    assert response.status_code == 302
+    location = urlparse(response["Location"])
+    assert location.path == "/accounts/reauth/"
+    assert parse_qs(location.query)["next"] == ["/accounts/security/"]
+    client.post("/accounts/reauth/", {"password": PASSWORD, "code": enrolled.code()})
+    assert client.get("/accounts/security/").status_code == 200
+
+
+def test_a_session_from_before_enrolment_cannot_sign_the_owner_out_elsewhere(client, clock, user):
+    login_password(client, "alice")
+    enrolled = enrol(user)
+    owner = Client()
+    full_login(owner, enrolled)
+    assert is_logged_in(owner)
+    response = client.post("/accounts/security/end-sessions/")
+    assert urlparse(response["Location"]).path == "/accounts/reauth/"
+    assert is_logged_in(owner)
