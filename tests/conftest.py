@@ -12,7 +12,9 @@ import re
 import pytest
 import time_machine
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.cache import cache
+from django.test import Client
 
 from mfa import crypto, flows, totp
 from mfa import test as mfa_test
@@ -106,6 +108,24 @@ def full_login(client, enrolled: Enrolled, offset_steps: int = 0):
     return client.post("/accounts/2fa/verify/", {"code": enrolled.code(offset_steps)})
 
 
+def make_user(username: str, *, staff=False, superuser=False, perms=()) -> Enrolled:
+    """An enrolled user, staff or superuser as asked, with the named permissions."""
+    user = get_user_model().objects.create_user(username, f"{username}@example.com", PASSWORD)
+    user.is_staff = staff or superuser
+    user.is_superuser = superuser
+    user.save()
+    for codename in perms:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    return enrol(user)
+
+
+def logged_in_as(enrolled: Enrolled) -> Client:
+    """A new client, logged in through both steps as ``enrolled``."""
+    client = Client()
+    assert full_login(client, enrolled).status_code == 302
+    return client
+
+
 def is_logged_in(client) -> bool:
     """True if the client's session is fully authenticated (the home page answers 200)."""
     return client.get("/").status_code == 200
@@ -140,7 +160,9 @@ __all__ = [
     "enrolling_secret",
     "full_login",
     "is_logged_in",
+    "logged_in_as",
     "login_password",
+    "make_user",
     "require_services",
     "secret_from_setup_page",
 ]

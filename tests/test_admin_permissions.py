@@ -8,12 +8,10 @@ admin URLs. The changelists also refuse filters on secret fields (``lookup_allow
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
-from django.test import Client
 from django.utils import timezone
 
 from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, UserSession
-from tests.conftest import PASSWORD, enrol, full_login, is_logged_in
+from tests.conftest import is_logged_in, logged_in_as, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -21,22 +19,6 @@ Kind = SecurityEvent.Kind
 DEVICES = "/admin/mfa/totpdevice/"
 USERS = "/admin/auth/user/"
 PERMISSIONS = ["view_totpdevice", "delete_totpdevice", "change_totpdevice"]
-
-
-def make_user(username: str, *, staff=False, superuser=False, perms=()):
-    user = get_user_model().objects.create_user(username, f"{username}@example.com", PASSWORD)
-    user.is_staff = staff or superuser
-    user.is_superuser = superuser
-    user.save()
-    for codename in perms:
-        user.user_permissions.add(Permission.objects.get(codename=codename))
-    return enrol(user)
-
-
-def logged_in_as(enrolled) -> Client:
-    client = Client()
-    assert full_login(client, enrolled).status_code == 302
-    return client
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import zoneinfo
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.core import mail
@@ -30,10 +29,11 @@ from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, UserSession
 from tests.conftest import (
     PASSWORD,
     T0,
-    enrol,
     full_login,
     is_logged_in,
+    logged_in_as,
     login_password,
+    make_user,
     secret_from_setup_page,
 )
 
@@ -47,22 +47,6 @@ REGENERATE = "/accounts/2fa/recovery-codes/"
 USERS = "/admin/auth/user/"
 DEVICES = "/admin/mfa/totpdevice/"
 NEW_PASSWORD = "an-entirely-new passphrase 42"
-
-
-def make_user(username: str, *, staff=False, superuser=False, perms=()):
-    user = get_user_model().objects.create_user(username, f"{username}@example.com", PASSWORD)
-    user.is_staff = staff or superuser
-    user.is_superuser = superuser
-    user.save()
-    for codename in perms:
-        user.user_permissions.add(Permission.objects.get(codename=codename))
-    return enrol(user)
-
-
-def logged_in_as(enrolled) -> Client:
-    client = Client()
-    assert full_login(client, enrolled).status_code == 302
-    return client
 
 
 def offered_actions(client, url: str) -> set[str]:
