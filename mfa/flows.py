@@ -17,6 +17,11 @@ The login, as a reviewer should check it:
    with conditional UPDATEs in the same transaction as step 4 (``on_accept``).
 4. ``complete_login``: only now ``login()``, which cycles the session key again, and the
    session is registered so that it can be ended from elsewhere (``mfa.sessions``).
+
+A remembered browser (``mfa.remember``) replaces steps 1 to 3, never the password: after a
+correct password, ``login_remembered`` goes straight to step 4 while the second factor is
+neither backed off nor locked. Turning 2FA off, a reset and "sign out other sessions" forget
+every remembered browser of the user.
 """
 
 import logging

@@ -495,3 +495,14 @@ def test_the_label_names_the_browser(clock, user_with_totp):
     remember_browser(client, user_with_totp)
     assert RememberedBrowser.objects.get().label == "Firefox on Linux"
     assert remember._label("") == ""
+
+
+def test_turned_off_even_the_same_instant_ignores_cookies(client, clock, settings, user_with_totp):
+    # The clock stands still: the cookie's signature is 0 seconds old, which a max_age of 0
+    # days still accepts; the feature's own switch must refuse it.
+    remember_browser(client, user_with_totp)
+    log_out(client)
+    settings.MFA_REMEMBER_DAYS = 0
+    response = login_password(client)
+    assert_code_asked(response)
+    assert cookie_dropped(response)
