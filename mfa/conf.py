@@ -77,6 +77,17 @@ class Settings:
         return getattr(django_settings, "MFA_REAUTH_AGE", 15 * 60)
 
     @property
+    def REMEMBER_DAYS(self) -> int:
+        # "Don't ask again on this browser for N days" after a second step (the three peers
+        # offer it): 30, as they do. 0 turns it off, and remembered browsers are then ignored.
+        return getattr(django_settings, "MFA_REMEMBER_DAYS", 30)
+
+    @property
+    def REMEMBER_COOKIE_NAME(self) -> str:
+        # The cookie of a remembered browser (mfa.remember): signed, HttpOnly, SameSite=Lax.
+        return getattr(django_settings, "MFA_REMEMBER_COOKIE_NAME", "mfa_remember")
+
+    @property
     def ENROLMENT_GRACE(self) -> int:
         # Seconds after a user joined (``date_joined``) during which ``mfa_required`` views
         # still open without a second factor; later they send the user to set one up. 0: at

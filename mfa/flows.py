@@ -17,6 +17,11 @@ The login, as a reviewer should check it:
    with conditional UPDATEs in the same transaction as step 4 (``on_accept``).
 4. ``complete_login``: only now ``login()``, which cycles the session key again, and the
    session is registered so that it can be ended from elsewhere (``mfa.sessions``).
+
+A remembered browser (``mfa.remember``) replaces steps 1 to 3, never the password: after a
+correct password, ``login_remembered`` goes straight to step 4 while the second factor is
+neither backed off nor locked. Turning 2FA off, a reset and "sign out other sessions" forget
+every remembered browser of the user.
 """
 
 import logging
@@ -38,9 +43,9 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
-from . import crypto, notify, recovery, sessions, signals, throttle, totp
+from . import crypto, notify, recovery, remember, sessions, signals, throttle, totp
 from .conf import settings
-from .models import RecoveryCode, SecurityEvent, TOTPDevice
+from .models import RecoveryCode, RememberedBrowser, SecurityEvent, TOTPDevice
 
 __all__ = [
     "OnAccept",
@@ -53,7 +58,9 @@ __all__ = [
     "confirm_enrolment",
     "disable",
     "end_other_sessions",
+    "forget_browsers",
     "has_2fa",
+    "login_remembered",
     "mark_reauthenticated",
     "pending_user",
     "read_secret",
@@ -61,6 +68,7 @@ __all__ = [
     "reauthenticated_within",
     "record",
     "regenerate_recovery_codes",
+    "remember_browser",
     "reset",
     "second_factor_verified",
     "unlock",
@@ -84,6 +92,11 @@ AUTH_AT_KEY = "_mfa_auth_at"
 # confirmation of an enrolment, a re-authentication with a code). Never set by a password
 # alone, so ``mfa.decorators`` can tell a session that used its second factor.
 VERIFIED_AT_KEY = "_mfa_verified_at"
+# When a remembered browser stood in for the second factor at this session's login: enough
+# for ``mfa_required``, never a fresh proof for ``reauth_required`` (which asks for a code).
+REMEMBERED_AT_KEY = "_mfa_remembered_at"
+# The login method (audit detail, signal) of a login that a remembered browser let skip the code.
+REMEMBERED = "remembered browser"
 ENROL_KEY = "_mfa_enrol_secret"
 # Set after a factor change, so the security page offers to sign out every other session.
 OFFER_END_SESSIONS_KEY = "_mfa_offer_end_sessions"
@@ -238,14 +251,59 @@ def complete_login(request: HttpRequest, user: Any, method: str) -> None:
     """
     request.session.pop(PENDING_KEY, None)
     request.session.pop(VERIFIED_AT_KEY, None)  # proved again below, or not in this login
+    request.session.pop(REMEMBERED_AT_KEY, None)
     sessions.forget(request.session)  # logging in again from a logged-in session
     auth_login(request, user, backend=getattr(user, "backend", None))
     sessions.register(request, user)
-    mark_reauthenticated(request, second_factor=method != "password")
+    mark_reauthenticated(request, second_factor=method not in ("password", REMEMBERED))
+    if method == REMEMBERED:
+        request.session[REMEMBERED_AT_KEY] = int(totp.now())
     record(request, user, Kind.LOGIN, detail=method)
     if method != "password":
         signals.send(signals.login_verified, request, user, method=method)
     _save_session(request)
+
+
+@transaction.atomic
+def login_remembered(request: HttpRequest, user: Any, browser: RememberedBrowser) -> bool:
+    """Log ``user`` in without a code: the password was right and ``browser`` recognised.
+
+    Returns False, and changes nothing, while the second factor is backed off or locked (a
+    remembered browser does not get round what the failures decided: the user goes to the
+    code step, which says when to try again), or when the row was forgotten meanwhile.
+    """
+    device = _device(user)
+    if device is None or _blocked(device) is not None:
+        return False
+    now = _now()
+    used = RememberedBrowser.objects.filter(pk=browser.pk, expires_at__gt=now).update(
+        last_used_at=now
+    )
+    if not used:
+        return False
+    # The password step of a pending login reports an earlier abandoned one: so must this.
+    _notice_abandoned(request, user)
+    record(request, user, Kind.REMEMBERED_LOGIN, detail=f"browser {browser.pk}")
+    complete_login(request, user, method=REMEMBERED)
+    return True
+
+
+def remember_browser(request: HttpRequest, user: Any) -> str:
+    """Remember this browser for ``user`` after a second step; return the cookie's value.
+
+    Called in the code's acceptance transaction, so the row exists only if the login happened.
+    """
+    value = remember.issue(request, user)
+    record(request, user, Kind.BROWSER_REMEMBERED, detail=f"{settings.REMEMBER_DAYS} days")
+    return value
+
+
+def forget_browsers(request: HttpRequest, user: Any, pk: int | None = None) -> int:
+    """Forget one remembered browser of the user (``pk``), or all of them; return how many."""
+    count = remember.forget_all(user) if pk is None else int(remember.forget(user, pk))
+    if count:
+        record(request, user, Kind.BROWSER_FORGOTTEN, detail="all" if pk is None else "one")
+    return count
 
 
 def _save_session(request: HttpRequest) -> None:
@@ -277,8 +335,13 @@ def recently_authenticated(request: HttpRequest) -> bool:
 
 
 def second_factor_verified(request: HttpRequest) -> bool:
-    """Whether a second factor was proved in this session, at any time (``mfa_required``)."""
-    return isinstance(request.session.get(VERIFIED_AT_KEY), int)
+    """Whether a second factor was proved in this session, at any time (``mfa_required``).
+
+    A login on a remembered browser counts: the browser proved the factor when remembered.
+    """
+    return isinstance(request.session.get(VERIFIED_AT_KEY), int) or isinstance(
+        request.session.get(REMEMBERED_AT_KEY), int
+    )
 
 
 def reauthenticated_within(request: HttpRequest, max_age: int) -> bool:
@@ -624,6 +687,8 @@ def _remove(user: Any) -> None:
     with transaction.atomic():
         TOTPDevice.objects.filter(user=user).delete()
         RecoveryCode.objects.filter(user=user).delete()
+        # Turned off or reset: no browser may skip a second factor enrolled later.
+        remember.forget_all(user)
 
 
 def disable(request: HttpRequest, user: Any) -> None:
@@ -675,8 +740,13 @@ def unlock(user: Any, actor: str, request: HttpRequest | None = None) -> bool:
 
 
 def end_other_sessions(request: HttpRequest, user: Any) -> int:
-    """Sign the user out everywhere but here (ASVS 7.4.3); return how many sessions ended."""
+    """Sign the user out everywhere but here (ASVS 7.4.3); return how many sessions ended.
+
+    Every remembered browser is forgotten too, this one included: a thief's browser may be
+    one of them, and would otherwise sign in again with the password alone.
+    """
     ended = sessions.end_others(request, user)
+    remember.forget_all(user)
     record(request, user, Kind.SESSIONS_ENDED, detail=f"{ended} sessions")
     notify.send(user, Kind.SESSIONS_ENDED)
     return ended

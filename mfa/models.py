@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-__all__ = ["RecoveryCode", "SecurityEvent", "TOTPDevice", "UserSession"]
+__all__ = ["RecoveryCode", "RememberedBrowser", "SecurityEvent", "TOTPDevice", "UserSession"]
 
 
 class TOTPDevice(models.Model):
@@ -78,6 +78,9 @@ class SecurityEvent(models.Model):
         SECRET_UNREADABLE = "secret_unreadable", _("Two-factor secret could not be decrypted")
         SESSIONS_ENDED = "sessions_ended", _("Other sessions signed out")
         LOGOUT = "logout", _("Signed out")
+        BROWSER_REMEMBERED = "browser_remembered", _("Browser remembered: no code for a while")
+        REMEMBERED_LOGIN = "remembered_login", _("Signed in on a remembered browser")
+        BROWSER_FORGOTTEN = "browser_forgotten", _("Remembered browser forgotten")
 
     # SET_NULL: deleting a user keeps their audit trail.
     user = models.ForeignKey(
@@ -119,3 +122,34 @@ class UserSession(models.Model):
 
     def __str__(self) -> str:
         return f"session of {self.user}"
+
+
+class RememberedBrowser(models.Model):
+    """A browser that may skip the second factor at its user's next logins (``mfa.remember``).
+
+    The browser holds a signed cookie naming ``selector`` and carrying a random verifier; the
+    row keeps only the verifier's SHA-256. Never a substitute for the password: it is looked
+    at only after a correct one. ``password_fingerprint`` is an HMAC of the password hash at
+    the time it was remembered, so a password change voids the row.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mfa_remembered_browsers"
+    )
+    selector = models.CharField(max_length=32, unique=True, editable=False)
+    verifier_hash = models.CharField(max_length=64, editable=False)
+    password_fingerprint = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(db_index=True)
+    # "Firefox on Linux": a hint for the owner's list, from the User-Agent (client-supplied).
+    label = models.CharField(max_length=100, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("remembered browser")
+        verbose_name_plural = _("remembered browsers")
+
+    def __str__(self) -> str:
+        return f"remembered browser of {self.user}"

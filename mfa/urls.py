@@ -17,4 +17,6 @@ urlpatterns = [
     path("2fa/recovery-codes/", views.regenerate_view, name="regenerate"),
     path("security/", views.security_view, name="security"),
     path("security/end-sessions/", views.end_sessions_view, name="end_sessions"),
+    path("security/browsers/forget/", views.forget_browsers_view, name="forget_browsers"),
+    path("security/browsers/<int:pk>/forget/", views.forget_browser_view, name="forget_browser"),
 ]

@@ -25,7 +25,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
 
-from . import conf, crypto, flows, sessions, throttle, totp
+from . import conf, crypto, flows, remember, sessions, throttle, totp
 from .conf import settings
 from .forms import (
     CodeForm,
@@ -35,7 +35,7 @@ from .forms import (
     RecoveryCodeForm,
     username_key,
 )
-from .models import SecurityEvent, TOTPDevice
+from .models import RememberedBrowser, SecurityEvent, TOTPDevice
 from .pages import render
 
 logger = logging.getLogger(__name__)
@@ -131,8 +131,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             user = form.get_user()
             if flows.has_2fa(user):
-                flows.begin_pending_login(request, user, next_url)
-                return redirect_with_next("mfa:verify", next_url)
+                return _after_password(request, user, next_url)
             flows.complete_login(request, user, method="password")
             return HttpResponseRedirect(next_url)
         flows.record(request, None, Kind.PASSWORD_FAILED)
@@ -142,6 +141,23 @@ def login_view(request: HttpRequest) -> HttpResponse:
         {"form": form, "next": next_url},
         status=400 if form.is_bound else 200,
     )
+
+
+def _after_password(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
+    """Send a user with 2FA to the code step, unless this browser is remembered for them.
+
+    Only ever after the password was found right: a remembered browser skips the code, never
+    the password, the rate limits or the failed-password audit above.
+    """
+    known = remember.recognise(request, user)
+    if known.browser is not None and flows.login_remembered(request, user, known.browser):
+        response = HttpResponseRedirect(next_url)
+    else:
+        flows.begin_pending_login(request, user, next_url)
+        response = redirect_with_next("mfa:verify", next_url)
+    if known.drop_cookie:
+        remember.delete_cookie(response)
+    return response
 
 
 def redirect_with_next(name: str, next_url: str) -> HttpResponseRedirect:
@@ -173,14 +189,19 @@ def _code_step(
             return too_many(request, flows.refusal(user, limited))
         status = 400
         if form.is_valid():
-            outcome = check(
-                request,
-                user,
-                form.cleaned_data["code"],
-                lambda: flows.complete_login(request, user, method=method),
-            )
+            cookie: list[str] = []
+
+            def accept() -> None:
+                flows.complete_login(request, user, method=method)
+                if _remember_ticked(request):
+                    cookie.append(flows.remember_browser(request, user))
+
+            outcome = check(request, user, form.cleaned_data["code"], accept)
             if outcome.ok:
-                return HttpResponseRedirect(safe_next(request, next_url))
+                response = HttpResponseRedirect(safe_next(request, next_url))
+                if cookie:
+                    remember.set_cookie(request, response, cookie[0])
+                return response
             if outcome.result is Result.BLOCKED:
                 return too_many(request, outcome)
             if outcome.result is Result.UNREADABLE:
@@ -192,12 +213,19 @@ def _code_step(
                 messages.info(request, _("Your sign-in changed meanwhile. Please start again."))
                 return redirect("mfa:login")
             form.add_error("code", _code_error(outcome, method))
-    return render(
-        request,
-        template,
-        {"form": form, "next": next_url, "pending_user": user},
-        status=status,
-    )
+    context = {
+        "form": form,
+        "next": next_url,
+        "pending_user": user,
+        "remember_days": settings.REMEMBER_DAYS if remember.enabled() else 0,
+        "remember_ticked": _remember_ticked(request),
+    }
+    return render(request, template, context, status=status)
+
+
+def _remember_ticked(request: HttpRequest) -> bool:
+    # Opt-in: only a ticked box (a POST), and only while the feature is on.
+    return remember.enabled() and request.method == "POST" and request.POST.get("remember") == "on"
 
 
 def _code_error(outcome: flows.Outcome, method: str) -> str:
@@ -513,8 +541,38 @@ def security_view(request: HttpRequest) -> HttpResponse:
         "events": SecurityEvent.objects.filter(user=user)[: settings.EVENTS_SHOWN],
         "other_sessions": sessions.count_others(request),
         "offer_end_sessions": request.session.get(flows.OFFER_END_SESSIONS_KEY, False),
+        "browsers": remember.listed(user),
+        "this_browser": remember.current_selector(request),
     }
     return render(request, "mfa/security.html", context)
+
+
+@login_required
+@require_POST
+@verified_if_enrolled
+def forget_browser_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Forget one remembered browser of the user: it is asked for a code again."""
+    here = RememberedBrowser.objects.filter(
+        pk=pk, user=request.user, selector=remember.current_selector(request) or ""
+    ).exists()
+    if flows.forget_browsers(request, request.user, pk):
+        messages.success(request, _("That browser will be asked for a code again."))
+    response = redirect("mfa:security")
+    if here:
+        remember.delete_cookie(response)  # it was this browser's own record
+    return response
+
+
+@login_required
+@require_POST
+@verified_if_enrolled
+def forget_browsers_view(request: HttpRequest) -> HttpResponse:
+    """Forget every remembered browser of the user, this one included."""
+    flows.forget_browsers(request, request.user)
+    messages.success(request, _("Every browser will be asked for a code again."))
+    response = redirect("mfa:security")
+    remember.delete_cookie(response)
+    return response
 
 
 @login_required
@@ -530,4 +588,6 @@ def end_sessions_view(request: HttpRequest) -> HttpResponse:
         )
         % {"count": ended},
     )
-    return redirect("mfa:security")
+    response = redirect("mfa:security")
+    remember.delete_cookie(response)  # end_other_sessions forgot every remembered browser
+    return response
