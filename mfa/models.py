@@ -75,6 +75,7 @@ class SecurityEvent(models.Model):
         DISABLED = "disabled", _("Two-factor authentication turned off")
         CODES_REGENERATED = "codes_regenerated", _("Recovery codes replaced")
         ADMIN_RESET = "admin_reset", _("Two-factor authentication reset by an administrator")
+        IMPORTED = "imported", _("Two-factor authentication imported from the previous system")
         SECRET_UNREADABLE = "secret_unreadable", _("Two-factor secret could not be decrypted")
         SESSIONS_ENDED = "sessions_ended", _("Other sessions signed out")
         LOGOUT = "logout", _("Signed out")
