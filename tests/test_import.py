@@ -187,6 +187,18 @@ def test_imported_tokens_survive_a_secret_key_rotation(client, otp, migrated, se
         assert login_with_code(client, tokens[0], RECOVERY_URL).status_code == 302
 
 
+def test_an_imported_token_turns_two_factor_off_once_with_the_password(client, otp, migrated):
+    # The re-authentication forms take either kind of code (flows.verify_any_code).
+    alice, device, _last, tokens = migrated
+    run_import(otp)
+    with uninstalled(otp):
+        clock_code = otp_code(device, totp.now(), offset_steps=1)
+        assert login_with_code(client, clock_code).status_code == 302
+        form = {"password": PASSWORD, "code": tokens[5]}
+        assert client.post("/accounts/2fa/disable/", form).status_code == 302
+    assert not TOTPDevice.objects.filter(user=alice).exists()
+
+
 def test_a_wrong_token_costs_one_failure_like_any_code(client, otp, migrated):
     alice, _device, _last, tokens = migrated
     run_import(otp)
@@ -354,6 +366,16 @@ def test_tokens_of_another_shape_and_unconfirmed_static_devices_are_named(otp, c
     assert recovery.parse(unconfirmed[0]).selector not in set(
         RecoveryCode.objects.values_list("selector", flat=True)
     )
+
+
+def test_one_token_on_two_static_devices_is_one_code(otp, clock):
+    alice = make_user("alice")
+    otp_device(otp, alice)
+    token = backup_tokens(otp, alice, count=1)[0]
+    otp.static_device.objects.create(user=alice, name="second").token_set.create(token=token)
+    out = run_import(otp)
+    assert "imported: alice: TOTP device #" in out and "1 backup codes" in out
+    assert RecoveryCode.objects.filter(user=alice).count() == 1
 
 
 def test_backup_tokens_without_a_totp_device_are_named(otp, clock):
