@@ -541,7 +541,7 @@ def verify_recovery_code(
     # Used codes are kept (until the next regeneration), so a code used a moment ago is found,
     # verified like any other, and answered as a replay rather than counted as a guess.
     row = (
-        RecoveryCode.objects.filter(user=user, selector=parsed.selector)
+        RecoveryCode.objects.filter(user=user, selector__in=parsed.selectors)
         .only("pk", "code_hash", "used_at")
         .first()
     )

@@ -28,6 +28,7 @@ def _subjects() -> dict[str, str]:
         "recovery_used": _("A recovery code was used to sign in"),
         "codes_regenerated": _("Your recovery codes were replaced"),
         "admin_reset": _("An administrator reset your two-factor authentication"),
+        "imported": _("Your two-factor authentication was moved to a new system"),
         "unlocked": _("An administrator unlocked your two-factor authentication"),
         "suspicious": _("Someone entered your password but not your second factor"),
         "locked": _("Your two-factor authentication was locked"),

@@ -13,24 +13,56 @@ and the 65-bit verifier behind it is what must be guessed.
 
 Input is forgiving: case, spaces and dashes are ignored, and the letters people mistake for
 digits (O for 0, I and L for 1) are read as the digits, as Crockford's alphabet intends.
+
+Imported codes (``mfa_import``, docs/import.md): django-otp's static tokens, 8 lowercase base32
+characters by default, keep working once. Their rows sit in the same table, marked by a
+selector that starts with ``~`` (never in ALPHABET, so never a native selector): ``~`` and 7 hex
+digits of an HMAC of the token under Django's SECRET_KEY. The selector is derived from the code
+because the user types only the code; it is keyed because such a token has only 40 bits, and
+an unkeyed hash of it would let anyone holding the database find it by brute force without
+touching Argon2. So an imported code, too, costs one lookup and one Argon2 verification. It is
+also looked up under each of SECRET_KEY_FALLBACKS, so rotating SECRET_KEY the documented way
+keeps it working; a key dropped from the fallbacks takes its imported codes with it.
+Inputs of exactly 8 letters and digits are read as imported codes (lowercase, spaces and dashes
+ignored): the length of django-otp's own tokens, and one that neither a native code (16) nor a
+TOTP code (6) has, nor a native code with a character or two missing, which is still answered
+as a typing error and not counted as a guess.
 """
 
+import re
 import secrets
 from dataclasses import dataclass
 from functools import cache
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from django.conf import settings
+from django.utils.crypto import salted_hmac
 
 from .redact import sensitive
 
-__all__ = ["ALPHABET", "ParsedCode", "format_code", "generate", "hash_verifier", "parse", "verify"]
+__all__ = [
+    "ALPHABET",
+    "IMPORTED_PREFIX",
+    "ParsedCode",
+    "format_code",
+    "generate",
+    "hash_imported",
+    "hash_verifier",
+    "normalize_imported",
+    "parse",
+    "verify",
+]
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 SELECTOR_LENGTH = 3
 VERIFIER_LENGTH = 13  # 13 * 5 = 65 bits: NIST SP 800-63B-4 asks 64 for saved recovery codes.
 CODE_LENGTH = SELECTOR_LENGTH + VERIFIER_LENGTH
 _READ_AS = str.maketrans({"O": "0", "I": "1", "L": "1"})
+# Imported codes (see the module docstring): the selector's marker, and the token's shape.
+IMPORTED_PREFIX = "~"
+_IMPORTED_SHAPE = re.compile(r"[a-z0-9]{8}")
+_IMPORTED_SALT = "mfa.recovery.imported-selector"
 
 # OWASP's minimum Argon2id configuration (m=19 MiB, t=2, p=1). A verifier of 65 random bits
 # does not need more: the hash only has to make an offline search of 2**65 hopeless, and each
@@ -42,6 +74,21 @@ HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, type=
 class ParsedCode:
     selector: str
     verifier: str
+    # An imported code's selectors under SECRET_KEY_FALLBACKS, looked up too.
+    fallback_selectors: tuple[str, ...] = ()
+
+    @property
+    def selectors(self) -> tuple[str, ...]:
+        """Return every selector the code may be stored under (one, for a native code)."""
+        return (self.selector, *self.fallback_selectors)
+
+    @property
+    def _hashed(self) -> str:
+        # An imported code's hash is bound to the marker, not to one key's selector, so that
+        # it still verifies when found under a fallback key's selector.
+        if self.selector.startswith(IMPORTED_PREFIX):
+            return IMPORTED_PREFIX + self.verifier
+        return self.selector + self.verifier
 
 
 def _random(length: int) -> str:
@@ -72,8 +119,43 @@ def parse(raw: str) -> ParsedCode | None:
         return None
     cleaned = "".join(raw.split()).replace("-", "").upper().translate(_READ_AS)
     if len(cleaned) != CODE_LENGTH or any(ch not in ALPHABET for ch in cleaned):
-        return None
+        return _parse_imported(raw)
     return ParsedCode(cleaned[:SELECTOR_LENGTH], cleaned[SELECTOR_LENGTH:])
+
+
+@sensitive
+def normalize_imported(raw: str) -> str | None:
+    """Return an imported token as it is stored and typed, or None if it cannot be one."""
+    cleaned = "".join(raw.split()).replace("-", "").lower()
+    return cleaned if _IMPORTED_SHAPE.fullmatch(cleaned) else None
+
+
+@sensitive
+def _imported_selector(token: str, secret: str) -> str:
+    digest = salted_hmac(_IMPORTED_SALT, token, secret=secret, algorithm="sha256").hexdigest()
+    return IMPORTED_PREFIX + digest[:7]
+
+
+@sensitive
+def _parse_imported(raw: str) -> ParsedCode | None:
+    token = normalize_imported(raw)
+    if token is None:
+        return None
+    fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", [])
+    return ParsedCode(
+        _imported_selector(token, settings.SECRET_KEY),
+        token,
+        tuple(_imported_selector(token, key) for key in fallbacks),
+    )
+
+
+@sensitive
+def hash_imported(token: str) -> tuple[str, str]:
+    """Return the selector and Argon2id hash under which to store an imported token."""
+    parsed = _parse_imported(token)
+    if parsed is None:
+        raise ValueError("not an importable token")
+    return parsed.selector, HASHER.hash(parsed._hashed)
 
 
 @sensitive
@@ -95,7 +177,7 @@ def verify(encoded: str | None, parsed: ParsedCode) -> bool:
     so every attempt costs the same and the response time does not tell which selectors exist.
     """
     try:
-        matched = HASHER.verify(encoded or _decoy_hash(), parsed.selector + parsed.verifier)
+        matched = HASHER.verify(encoded or _decoy_hash(), parsed._hashed)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
     return matched and encoded is not None
