@@ -134,7 +134,8 @@ def test_racing_replay_in_one_session_is_accepted_once(client, clock, keyed):
     """Two requests that both read the challenge before either saved the session."""
     _enrolled, key = keyed
     pending(client)
-    answer = key.get(options(client))
+    # A key without a counter (many passkeys): only the row's challenge guard stops it.
+    answer = key.get(options(client), counter_step=0)
     kept = client.session[ceremonies.CHALLENGE_KEY]
     marker = client.session[flows.PENDING_KEY]
     assert post_key(client, answer).status_code == 302
@@ -146,6 +147,15 @@ def test_racing_replay_in_one_session_is_accepted_once(client, clock, keyed):
     assert post_key(other, answer).status_code == 400
     assert not is_logged_in(other)
     assert SecurityEvent.objects.filter(kind=Kind.LOGIN).count() == 1
+
+
+def test_challenge_is_spent_by_a_failed_answer(client, clock, keyed):
+    _enrolled, key = keyed
+    pending(client)
+    challenge = options(client)
+    assert post_key(client, key.get(challenge, origin="https://evil.test")).status_code == 400
+    assert post_key(client, key.get(challenge)).status_code == 400
+    assert not is_logged_in(client)
 
 
 def test_expired_challenge_is_refused(client, clock, keyed, settings):
@@ -279,6 +289,8 @@ def test_backed_off_before_any_check(client, clock, keyed):
     assert response.status_code == 429
     assert not is_logged_in(client)
     assert WebAuthnCredential.objects.get().sign_count == 0
+    # Not even looked at: the challenge is still there, unspent.
+    assert ceremonies.CHALLENGE_KEY in client.session
 
 
 def test_failures_count_towards_the_back_off(client, clock, keyed, settings):
