@@ -435,3 +435,63 @@ def test_disable_and_reset_remove_the_keys(rf, keyed, django_user_model):
     enrolled, _key = keyed
     assert flows.reset(enrolled.user, actor="admin")
     assert not WebAuthnCredential.objects.exists()
+
+
+# --- System checks ----------------------------------------------------------------------------
+
+
+def webauthn_ids() -> list[str]:
+    from mfa.checks import check_webauthn
+
+    return [error.id for error in check_webauthn()]
+
+
+def test_check_passes_for_a_matching_rp_id(settings):
+    settings.ALLOWED_HOSTS = ["login.example.com"]
+    assert webauthn_ids() == []
+
+
+@pytest.mark.parametrize("hosts", [["example.org"], ["notexample.com"], []])
+def test_check_e012_rp_id_not_served(settings, hosts):
+    settings.ALLOWED_HOSTS = hosts
+    settings.DEBUG = False
+    assert webauthn_ids() == ["mfa.E012"]
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://example.com", "https://example.com.evil.test", "https://evil.test", "example.com"],
+)
+def test_check_e013_origin(settings, origin):
+    settings.ALLOWED_HOSTS = ["example.com"]
+    settings.MFA_WEBAUTHN_ORIGINS = ["https://example.com", origin]
+    assert webauthn_ids() == ["mfa.E013"]
+
+
+def test_check_allows_http_localhost(settings):
+    settings.ALLOWED_HOSTS = ["localhost"]
+    settings.MFA_WEBAUTHN_RP_ID = "localhost"
+    settings.MFA_WEBAUTHN_ORIGINS = ["http://localhost:8000"]
+    assert webauthn_ids() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MFA_WEBAUTHN_USER_VERIFICATION", "always"),
+        ("MFA_WEBAUTHN_CHALLENGE_TIMEOUT", "300"),
+        ("MFA_WEBAUTHN_CHALLENGE_TIMEOUT", 0),
+    ],
+)
+def test_check_e014(settings, name, value):
+    settings.ALLOWED_HOSTS = ["example.com"]
+    setattr(settings, name, value)
+    assert webauthn_ids() == ["mfa.E014"]
+
+
+def test_default_rp_id_and_origin_come_from_allowed_hosts(settings):
+    del settings.MFA_WEBAUTHN_RP_ID
+    del settings.MFA_WEBAUTHN_ORIGINS
+    settings.ALLOWED_HOSTS = [".example.net", "10.0.0.1", "www.example.org"]
+    assert ceremonies.rp_id() == "www.example.org"
+    assert ceremonies.origins() == ["https://www.example.org"]
