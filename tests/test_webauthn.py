@@ -495,3 +495,44 @@ def test_default_rp_id_and_origin_come_from_allowed_hosts(settings):
     settings.ALLOWED_HOSTS = [".example.net", "10.0.0.1", "www.example.org"]
     assert ceremonies.rp_id() == "www.example.org"
     assert ceremonies.origins() == ["https://www.example.org"]
+
+
+# --- Admin ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root_client(django_user_model, clock):
+    from mfa.test import verified_login
+
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-1")
+    enrol(root)
+    client = Client()
+    verified_login(client, root)
+    return client
+
+
+def test_admin_lists_keys_without_ids_or_public_keys(root_client, keyed):
+    _enrolled, key = keyed
+    page = root_client.get("/admin/mfa/webauthncredential/").content.decode()
+    assert "blue key" in page
+    row = WebAuthnCredential.objects.get()
+    detail = root_client.get(f"/admin/mfa/webauthncredential/{row.pk}/change/").content.decode()
+    assert "blue key" in detail
+    assert key.id not in page + detail
+    assert root_client.get("/admin/mfa/webauthncredential/add/").status_code == 403
+
+
+def test_admin_removes_a_key_audited(root_client, keyed):
+    _enrolled, _key = keyed
+    row = WebAuthnCredential.objects.get()
+    response = root_client.post(f"/admin/mfa/webauthncredential/{row.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not WebAuthnCredential.objects.exists()
+    assert SecurityEvent.objects.get(kind=Kind.KEY_REMOVED).detail == "by admin root"
+
+
+def test_admin_deletes_a_user_with_keys(root_client, keyed, django_user_model):
+    enrolled, _key = keyed
+    response = root_client.post(f"/admin/auth/user/{enrolled.user.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not WebAuthnCredential.objects.exists()
