@@ -8,7 +8,7 @@ Every signal is sent with ``sender`` = the user's class and these keyword argume
   ``request`` is the administrator's (its ``user`` is not ``user``), or None outside a
   request (a management command).
 - ``login_verified(request, user, method)``: a login's second step succeeded; ``method`` is
-  ``"totp"`` or ``"recovery code"``. A login without 2FA sends only Django's
+  ``"totp"``, ``"recovery code"`` or ``"security key"``. A login without 2FA sends only Django's
   ``user_logged_in``.
 - ``verification_failed(request, user, method, reason)``: a code was refused, at a login or
   a re-authentication; ``method`` as above, ``reason`` is ``"invalid"`` (a wrong code,

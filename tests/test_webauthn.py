@@ -536,3 +536,14 @@ def test_admin_deletes_a_user_with_keys(root_client, keyed, django_user_model):
     response = root_client.post(f"/admin/auth/user/{enrolled.user.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302
     assert not WebAuthnCredential.objects.exists()
+
+
+def test_key_attempts_share_the_code_rate_limit(client, clock, keyed, settings):
+    settings.MFA_CODE_RATE = "2/m"
+    enrolled, key = keyed
+    pending(client)
+    client.post("/accounts/2fa/verify/", {"code": "000000"})  # one TOTP attempt
+    post_key(client, key.get(options(client), origin="https://evil.test"))
+    response = post_key(client, key.get(options(client)))  # the third attempt this minute
+    assert response.status_code == 429
+    assert not is_logged_in(client)
