@@ -182,7 +182,7 @@ MFA_BASE_BLOCKS = {"title": "title", "content": "content", "head": "head"}
 MFA_SHOW_MESSAGES = False
 # Security keys: bound to this domain (empty: the first name in ALLOWED_HOSTS). The
 # development server is http://localhost:8000 (not 127.0.0.1: an RP ID cannot be an address).
-MFA_WEBAUTHN_RP_ID = os.environ.get("MFA_WEBAUTHN_RP_ID", "")
+MFA_WEBAUTHN_RP_ID = os.environ.get("MFA_WEBAUTHN_RP_ID", "localhost" if DEBUG else "")
 MFA_WEBAUTHN_ORIGINS = env_list("MFA_WEBAUTHN_ORIGINS", "http://localhost:8000" if DEBUG else "")
 
 # --- Security headers -----------------------------------------------------------------------
