@@ -10,7 +10,7 @@ import pytest
 from mfa.models import SecurityEvent, TOTPDevice, WebAuthnCredential
 from tests.conftest import PASSWORD, enrol
 
-from .conftest import path_of, shot, sign_in, usable_code
+from .conftest import axe_violations, path_of, shot, sign_in, usable_code
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -67,6 +67,7 @@ def test_add_a_key_sign_in_with_it_and_remove_it(site, user, pages, relying_part
     page.get_by_role("link", name="Add a security key or passkey").click()
     page.get_by_label("Name").fill("laptop passkey")
     shot(page, "key-add")
+    assert axe_violations(page) == []
     with page.expect_navigation():
         page.get_by_role("button", name="Add the key").click()
     assert path_of(page) == SECURITY
@@ -76,12 +77,14 @@ def test_add_a_key_sign_in_with_it_and_remove_it(site, user, pages, relying_part
     assert [c["credentialId"] for c in stored["credentials"]] != []
     assert stored["credentials"][0]["isResidentCredential"] is True
     shot(page, "security-with-key")
+    assert axe_violations(page) == []
 
     # Sign out, then in again with the password and the key.
     page.get_by_role("button", name="Sign out").click()
     sign_in(page, site, "alice", PASSWORD)
     assert path_of(page) == VERIFY
     shot(page, "verify-with-key")
+    assert axe_violations(page) == []
     with page.expect_navigation():
         page.get_by_role("button", name="Use your security key").click()
     assert path_of(page) == HOME
