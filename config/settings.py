@@ -180,6 +180,10 @@ MFA_REQUIRE_FOR_STAFF = env_bool("MFA_REQUIRE_FOR_STAFF", not DEBUG)
 MFA_BASE_TEMPLATE = "base.html"
 MFA_BASE_BLOCKS = {"title": "title", "content": "content", "head": "head"}
 MFA_SHOW_MESSAGES = False
+# Security keys: bound to this domain (empty: the first name in ALLOWED_HOSTS). The
+# development server is http://localhost:8000 (not 127.0.0.1: an RP ID cannot be an address).
+MFA_WEBAUTHN_RP_ID = os.environ.get("MFA_WEBAUTHN_RP_ID", "localhost" if DEBUG else "")
+MFA_WEBAUTHN_ORIGINS = env_list("MFA_WEBAUTHN_ORIGINS", "http://localhost:8000" if DEBUG else "")
 
 # --- Security headers -----------------------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True

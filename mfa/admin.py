@@ -19,13 +19,19 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import flows
-from .models import SecurityEvent, TOTPDevice
+from . import flows, notify
+from .models import SecurityEvent, TOTPDevice, WebAuthnCredential
 
 User = get_user_model()
 
 
-__all__ = ["SecretLookupsRefused", "TOTPDeviceAdmin", "TwoFactorUserAdmin", "may_manage_two_factor"]
+__all__ = [
+    "SecretLookupsRefused",
+    "TOTPDeviceAdmin",
+    "TwoFactorUserAdmin",
+    "WebAuthnCredentialAdmin",
+    "may_manage_two_factor",
+]
 
 # The permission that resetting or unlocking anyone's second factor needs, from either admin:
 # the change permission on the device, never the user admin's. Changing a user (its name, its
@@ -226,6 +232,42 @@ class TOTPDeviceAdmin(SecretLookupsRefused, admin.ModelAdmin):
         _require(request, [device.user for device in devices])
         for device in devices:
             flows.reset(device.user, _actor(request), request)
+
+
+@admin.register(WebAuthnCredential)
+class WebAuthnCredentialAdmin(SecretLookupsRefused, admin.ModelAdmin):
+    """Each user's security keys: names and dates only (a reset removes them all)."""
+
+    # Not listed: the credential id and the public key (not secret, but of use to nobody here).
+    fields = ["user", "name", "created_at", "last_used_at", "sign_count"]
+    readonly_fields = fields
+    list_display = ["user", "name", "created_at", "last_used_at"]
+    search_fields = ["user__username", "user__email", "name"]
+    list_select_related = ["user"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # only the user can add a key, with the key itself
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    # Removing a key is taking away a second factor: the same rule as a reset. Django asks
+    # this too for the keys that deleting a user takes with it.
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return super().has_delete_permission(request, obj) and may_manage_two_factor(
+            request.user, obj.user if obj is not None else None
+        )
+
+    def delete_model(self, request: HttpRequest, obj: WebAuthnCredential) -> None:
+        self.delete_queryset(request, WebAuthnCredential.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        keys = list(queryset.select_related("user"))
+        _require(request, [key.user for key in keys])
+        for key in keys:
+            key.delete()
+            flows.record(request, key.user, SecurityEvent.Kind.KEY_REMOVED, f"by {_actor(request)}")
+            notify.send(key.user, SecurityEvent.Kind.KEY_REMOVED)
 
 
 class TwoFactorUserAdmin(SecretLookupsRefused, UserAdmin):

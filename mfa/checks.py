@@ -16,6 +16,9 @@ mfa.W010  the per-process in-process cache backs the rate limits of a multi-proc
 mfa.W011  the admin lets staff in without two-factor authentication (production)
 mfa.E011  MFA_ENROLMENT_GRACE or MFA_REAUTH_AGE is not a whole number of seconds, 0 or more
 mfa.W012  LOGIN_REDIRECT_URL leads to no page of this site
+mfa.E012  the WebAuthn RP ID is not a host of ALLOWED_HOSTS (nor a parent domain of one)
+mfa.E013  a WebAuthn origin is not https (http only for localhost) or not on the RP ID
+mfa.E014  MFA_WEBAUTHN_USER_VERIFICATION or MFA_WEBAUTHN_CHALLENGE_TIMEOUT is not valid
 
 docs/settings.md lists them with what to do about each.
 """
@@ -27,6 +30,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import global_settings
 from django.conf import settings as django_settings
@@ -53,6 +57,7 @@ __all__ = [
     "check_rate_limit_cache",
     "check_rates",
     "check_staff_policy",
+    "check_webauthn",
     "running_command",
 ]
 
@@ -249,6 +254,71 @@ def check_durations(app_configs=None, **kwargs) -> list:
         for name in ("ENROLMENT_GRACE", "REAUTH_AGE")
         if not (type(value := getattr(settings, name)) is int and value >= 0)
     ]
+
+
+@register(Tags.security)
+def check_webauthn(app_configs=None, **kwargs) -> list:
+    # A key registered under one RP ID never signs for another: an RP ID the site is not
+    # served under makes every key ceremony fail, and an origin that is plain http, or on
+    # another domain, would accept assertions made on a page an attacker may control.
+    from .webauthn import ceremonies
+
+    rp_id = ceremonies.rp_id().lower()
+    errors = []
+    if not any(_host_within(host, rp_id) for host in _allowed_hosts()):
+        errors.append(
+            Error(
+                f"The WebAuthn RP ID {rp_id!r} matches no host of ALLOWED_HOSTS.",
+                hint="Set MFA_WEBAUTHN_RP_ID to this site's domain (or a parent domain of it).",
+                id="mfa.E012",
+            )
+        )
+    for origin in ceremonies.origins():
+        problem = _origin_problem(origin, rp_id)
+        if problem:
+            errors.append(Error(f"MFA_WEBAUTHN_ORIGINS: {origin!r} {problem}.", id="mfa.E013"))
+    timeout = settings.WEBAUTHN_CHALLENGE_TIMEOUT
+    if settings.WEBAUTHN_USER_VERIFICATION not in ("required", "preferred", "discouraged"):
+        errors.append(
+            Error(
+                "MFA_WEBAUTHN_USER_VERIFICATION must be 'required', 'preferred' or 'discouraged'.",
+                id="mfa.E014",
+            )
+        )
+    if not (type(timeout) is int and timeout > 0):
+        errors.append(
+            Error(
+                "MFA_WEBAUTHN_CHALLENGE_TIMEOUT must be a whole number of seconds.", id="mfa.E014"
+            )
+        )
+    return errors
+
+
+def _allowed_hosts() -> list[str]:
+    hosts = list(django_settings.ALLOWED_HOSTS)
+    if django_settings.DEBUG and not hosts:
+        hosts = ["localhost", "127.0.0.1", "[::1]"]  # what Django itself allows then
+    return [h.lower() for h in hosts]
+
+
+def _host_within(host: str, rp_id: str) -> bool:
+    """Whether requests for ``host`` (an ALLOWED_HOSTS entry) may use the RP ID."""
+    if host == "*":
+        return True
+    host = host.lstrip(".")  # ".example.com": the domain and its subdomains
+    return host == rp_id or host.endswith("." + rp_id)
+
+
+def _origin_problem(origin: str, rp_id: str) -> str:
+    parts = urlsplit(origin)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("https", "http") or not host or parts.path not in ("", "/"):
+        return "is not an origin such as 'https://example.com'"
+    if parts.scheme == "http" and host != "localhost":
+        return "is not https (plain http is allowed for localhost only)"
+    if not (host == rp_id or host.endswith("." + rp_id)):
+        return f"is not on the RP ID {rp_id!r} or a subdomain of it"
+    return ""
 
 
 @register(Tags.security, Tags.caches)

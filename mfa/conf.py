@@ -111,6 +111,38 @@ class Settings:
         return getattr(django_settings, "MFA_RECOVERY_CODES_LOW", 2)
 
     @property
+    def WEBAUTHN_RP_ID(self) -> str:
+        # The domain security keys and passkeys are bound to ("example.com" covers its
+        # subdomains). Empty: the first ALLOWED_HOSTS entry that is a plain name. Changing it
+        # later orphans every registered key, so set it once. Checked by mfa.E012.
+        return getattr(django_settings, "MFA_WEBAUTHN_RP_ID", "")
+
+    @property
+    def WEBAUTHN_RP_NAME(self) -> str:
+        # Shown by the browser when a key is added. Empty: the issuer's name (MFA_ISSUER).
+        return getattr(django_settings, "MFA_WEBAUTHN_RP_NAME", "")
+
+    @property
+    def WEBAUTHN_ORIGINS(self) -> list[str]:
+        # Every origin a ceremony may come from, e.g. ["https://example.com"]: the browser
+        # signs the page's origin, so a phishing site's assertion fails here. Empty:
+        # "https://<RP ID>". https only, except http://localhost. Checked by mfa.E013.
+        return list(getattr(django_settings, "MFA_WEBAUTHN_ORIGINS", []))
+
+    @property
+    def WEBAUTHN_USER_VERIFICATION(self) -> str:
+        # "preferred" (the default: a PIN or fingerprint when the key has one; the password
+        # is the other factor anyway), "required" (refuse keys that did not verify the user)
+        # or "discouraged". Checked by mfa.E014.
+        return getattr(django_settings, "MFA_WEBAUTHN_USER_VERIFICATION", "preferred")
+
+    @property
+    def WEBAUTHN_CHALLENGE_TIMEOUT(self) -> int:
+        # Seconds a ceremony's challenge stays usable: time to find the key and touch it, as
+        # long as the pending login itself lasts (MFA_PENDING_TIMEOUT).
+        return getattr(django_settings, "MFA_WEBAUTHN_CHALLENGE_TIMEOUT", 300)
+
+    @property
     def REQUIRE_FOR_STAFF(self) -> bool:
         # The admin refuses staff who have not enrolled, and sends them to set up 2FA.
         return getattr(django_settings, "MFA_REQUIRE_FOR_STAFF", True)

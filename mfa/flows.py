@@ -45,7 +45,8 @@ from django.views.decorators.debug import sensitive_variables
 
 from . import crypto, notify, recovery, remember, sessions, signals, throttle, totp
 from .conf import settings
-from .models import RecoveryCode, RememberedBrowser, SecurityEvent, TOTPDevice
+from .models import RecoveryCode, RememberedBrowser, SecurityEvent, TOTPDevice, WebAuthnCredential
+from .webauthn import ceremonies
 
 __all__ = [
     "OnAccept",
@@ -76,12 +77,15 @@ __all__ = [
     "verify_any_code",
     "verify_recovery_code",
     "verify_totp",
+    "verify_webauthn",
 ]
 
 logger = logging.getLogger(__name__)
 Kind = SecurityEvent.Kind
 
 OnAccept = Callable[[], None]
+# The method name of a security key in the audit trail and the signals.
+KEY = "security key"
 
 PENDING_KEY = "_mfa_pending"
 # Set by ``pending_user`` on the user it returns: the device the password step saw.
@@ -109,6 +113,7 @@ class Result(Enum):
     BLOCKED = "blocked"  # backed off or locked: not even checked
     UNREADABLE = "unreadable"  # no key decrypts the secret: fail closed
     GONE = "gone"  # no second factor (any more): reset by an admin, or turned off elsewhere
+    STALE = "stale"  # a security key's answer to no live challenge (expired, used): not counted
 
 
 @dataclass(frozen=True)
@@ -578,6 +583,79 @@ def verify_recovery_code(
     return Outcome(Result.OK)
 
 
+def webauthn_binding(request: HttpRequest) -> Any:
+    """What ties a login's challenge to this pending login: its marker's time and device."""
+    marker = request.session.get(PENDING_KEY)
+    return [marker.get("at"), marker.get("device")] if isinstance(marker, dict) else None
+
+
+def verify_webauthn(
+    request: HttpRequest,
+    user: Any,
+    credential: ceremonies.AuthenticationCredential,
+    on_accept: OnAccept | None = None,
+) -> Outcome:
+    """Check a security key's assertion for the pending login, and accept it once.
+
+    The same rules as a code: the device row's back-off before any check, every failure
+    counted on it, and ``on_accept`` in the transaction that accepts the assertion.
+    """
+    device = _device(user)
+    if device is None:
+        return Outcome(Result.GONE)
+    if blocked := _blocked(device):
+        return blocked
+    # Taken out first, whatever follows: a challenge answers one request at most.
+    challenge = ceremonies.take_challenge(
+        request, ceremonies.LOGIN, user, webauthn_binding(request)
+    )
+    if challenge is None:
+        record(request, user, Kind.MFA_FAILED, detail="security key: no live challenge")
+        signals.send(signals.verification_failed, request, user, method=KEY, reason="replay")
+        return Outcome(Result.STALE)
+    # The pending user's keys only: another user's credential id is simply not found.
+    key = WebAuthnCredential.objects.filter(
+        user=user, credential_id=ceremonies.credential_key(credential.raw_id)
+    ).first()
+    if key is None:
+        return _failed(request, user, device, "unknown security key", KEY)
+    try:
+        verified = ceremonies.verify_assertion(credential, challenge, bytes(key.public_key))
+    except ceremonies.Rejected as exc:
+        return _failed(request, user, device, f"security key rejected ({exc})", KEY)
+    count = verified.new_sign_count
+    if (count or key.sign_count) and count <= key.sign_count:
+        # WebAuthn 7.2 step 22: a counter that does not grow in a signed assertion means two
+        # copies of the key exist. Refused, and reported apart from a mere wrong answer.
+        record(request, user, Kind.KEY_CLONED, detail=f"counter {count} after {key.sign_count}")
+        notify.send(user, Kind.KEY_CLONED)
+        return _failed(request, user, device, "security key counter went back", KEY)
+    digest = ceremonies.challenge_digest(challenge)
+    now = _now()
+    try:
+        with transaction.atomic():
+            if not _usable(device.pk, now).update(failure_count=0, blocked_until=None):
+                device = _device(user)
+                raise _Refused(_blocked(device) if device else Outcome(Result.GONE))
+            # One acceptance per assertion, even for requests racing in one session: the row
+            # still holds the count this check read, and not this challenge.
+            used = (
+                WebAuthnCredential.objects.filter(pk=key.pk, sign_count=key.sign_count)
+                .exclude(last_challenge=digest)
+                .update(sign_count=count, last_used_at=now, last_challenge=digest)
+            )
+            if not used:
+                raise _Refused(Outcome(Result.STALE))
+            # The key's pk, not its name: the trail's details are never user input.
+            record(request, user, Kind.KEY_USED, detail=f"key {key.pk}")
+            if on_accept is not None:
+                on_accept()
+    except _Refused as refused:
+        return refused.outcome
+    notify.send(user, Kind.KEY_USED)
+    return Outcome(Result.OK)
+
+
 @sensitive_variables()
 def verify_any_code(request: HttpRequest, user: Any, raw: str) -> Outcome | None:
     """Accept either a TOTP code or a recovery code (re-authentication forms).
@@ -689,6 +767,7 @@ def _remove(user: Any) -> None:
         RecoveryCode.objects.filter(user=user).delete()
         # Turned off or reset: no browser may skip a second factor enrolled later.
         remember.forget_all(user)
+        WebAuthnCredential.objects.filter(user=user).delete()
 
 
 def disable(request: HttpRequest, user: Any) -> None:

@@ -1,10 +1,18 @@
-"""What the server keeps: an encrypted secret, hashed recovery codes, and an audit trail."""
+"""What the server keeps: an encrypted secret, hashed recovery codes, security keys' public
+keys, and an audit trail."""
 
 from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-__all__ = ["RecoveryCode", "RememberedBrowser", "SecurityEvent", "TOTPDevice", "UserSession"]
+__all__ = [
+    "RecoveryCode",
+    "RememberedBrowser",
+    "SecurityEvent",
+    "TOTPDevice",
+    "UserSession",
+    "WebAuthnCredential",
+]
 
 
 class TOTPDevice(models.Model):
@@ -58,6 +66,42 @@ class RecoveryCode(models.Model):
         return f"recovery code of {self.user}"
 
 
+class WebAuthnCredential(models.Model):
+    """A security key or passkey: an additional second factor of a user who has TOTP.
+
+    Nothing here is secret: the public key is kept as the authenticator gave it (COSE), and
+    the credential id is unique across users, so an assertion names one user's key only.
+    ``sign_count`` and ``last_challenge`` change only by a conditional UPDATE (``mfa.flows``),
+    so of any number of requests racing with one assertion, exactly one is accepted.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="mfa_webauthn_credentials",
+    )
+    # base64url of the raw id (at most 1023 bytes, WebAuthn Level 3): comparable and indexable
+    # on every database, unlike a binary column.
+    credential_id = models.CharField(max_length=1400, unique=True, editable=False)
+    public_key = models.BinaryField(editable=False)
+    sign_count = models.PositiveBigIntegerField(default=0, editable=False)
+    # Hints for the browser ("usb", "internal", ...), as the key reported them.
+    transports = models.JSONField(default=list, blank=True, editable=False)
+    name = models.CharField(_("name"), max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # SHA-256 of the challenge of the last accepted assertion: the same one never twice.
+    last_challenge = models.CharField(max_length=64, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = _("security key")
+        verbose_name_plural = _("security keys")
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"security key {self.name!r} of {self.user}"
+
+
 class SecurityEvent(models.Model):
     """An entry of the audit trail. Never holds a code, secret or password."""
 
@@ -82,6 +126,10 @@ class SecurityEvent(models.Model):
         BROWSER_REMEMBERED = "browser_remembered", _("Browser remembered: no code for a while")
         REMEMBERED_LOGIN = "remembered_login", _("Signed in on a remembered browser")
         BROWSER_FORGOTTEN = "browser_forgotten", _("Remembered browser forgotten")
+        KEY_ADDED = "key_added", _("Security key added")
+        KEY_REMOVED = "key_removed", _("Security key removed")
+        KEY_USED = "key_used", _("Signed in with a security key")
+        KEY_CLONED = "key_cloned", _("Security key's counter went back: possibly cloned")
 
     # SET_NULL: deleting a user keeps their audit trail.
     user = models.ForeignKey(

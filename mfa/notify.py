@@ -33,6 +33,10 @@ def _subjects() -> dict[str, str]:
         "suspicious": _("Someone entered your password but not your second factor"),
         "locked": _("Your two-factor authentication was locked"),
         "sessions_ended": _("Your other sessions were signed out"),
+        "key_added": _("A security key was added to your account"),
+        "key_removed": _("A security key was removed from your account"),
+        "key_used": _("A security key was used to sign in"),
+        "key_cloned": _("A security key may have been copied"),
     }
 
 

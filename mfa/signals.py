@@ -8,9 +8,9 @@ Every signal is sent with ``sender`` = the user's class and these keyword argume
   ``request`` is the administrator's (its ``user`` is not ``user``), or None outside a
   request (a management command).
 - ``login_verified(request, user, method)``: a login's second step succeeded; ``method`` is
-  ``"totp"`` or ``"recovery code"``, or ``"remembered browser"`` when a remembered browser
-  (``mfa.remember``) stood in for the code after the password. A login without 2FA sends only
-  Django's ``user_logged_in``.
+  ``"totp"``, ``"recovery code"`` or ``"security key"``, or ``"remembered browser"`` when a
+  remembered browser (``mfa.remember``) stood in for the code after the password. A login
+  without 2FA sends only Django's ``user_logged_in``.
 - ``verification_failed(request, user, method, reason)``: a code was refused, at a login or
   a re-authentication; ``method`` as above, ``reason`` is ``"invalid"`` (a wrong code,
   counted towards the back-off) or ``"replay"`` (a right code already used, not counted).

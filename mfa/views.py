@@ -35,7 +35,7 @@ from .forms import (
     RecoveryCodeForm,
     username_key,
 )
-from .models import RememberedBrowser, SecurityEvent, TOTPDevice
+from .models import RememberedBrowser, SecurityEvent, TOTPDevice, WebAuthnCredential
 from .pages import render
 
 logger = logging.getLogger(__name__)
@@ -219,6 +219,8 @@ def _code_step(
         "pending_user": user,
         "remember_days": settings.REMEMBER_DAYS if remember.enabled() else 0,
         "remember_ticked": _remember_ticked(request),
+        # The key step is offered only to a user who has a key (mfa.webauthn.views).
+        "has_keys": WebAuthnCredential.objects.filter(user=user).exists(),
     }
     return render(request, template, context, status=status)
 
@@ -415,7 +417,10 @@ def show_recovery_codes(
 
 
 def _reauth(
-    request: HttpRequest, template: str, on_success: Callable[[], HttpResponse]
+    request: HttpRequest,
+    template: str,
+    on_success: Callable[[], HttpResponse],
+    extra: dict | None = None,
 ) -> HttpResponse:
     """Ask for the password and a code again, even in a logged-in session."""
     user = request.user
@@ -455,7 +460,7 @@ def _reauth(
                     )
                 else:
                     form.add_error(None, _("The password or the code is not right."))
-    return render(request, template, {"form": form}, status=status)
+    return render(request, template, {"form": form, **(extra or {})}, status=status)
 
 
 @sensitive_post_parameters("password", "code")
@@ -538,6 +543,7 @@ def security_view(request: HttpRequest) -> HttpResponse:
         "device": device,
         "codes_left": codes_left,
         "codes_low": device is not None and codes_left <= settings.RECOVERY_CODES_LOW,
+        "keys": WebAuthnCredential.objects.filter(user=user) if device else [],
         "events": SecurityEvent.objects.filter(user=user)[: settings.EVENTS_SHOWN],
         "other_sessions": sessions.count_others(request),
         "offer_end_sessions": request.session.get(flows.OFFER_END_SESSIONS_KEY, False),

@@ -1,0 +1,193 @@
+"""The web layer of security keys: the login's key step, and the keys on the security page.
+
+Every ceremony is two requests: a POST for the options (JSON, the challenge kept in the
+session), then the form post of the browser's answer, filled in by mfa/webauthn.js. Without
+JavaScript the key buttons stay hidden and the other factors work as before.
+"""
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods, require_POST
+
+from .. import flows, throttle
+from ..conf import settings
+from ..decorators import reauth_refusal
+from ..forms import CodeForm
+from ..models import WebAuthnCredential
+from ..pages import render
+from ..views import _password_rates, _reauth, no_store, pending_required, safe_next, too_many
+from . import keys
+from .forms import AssertionForm, KeyAddForm, KeyNameForm
+
+__all__ = [
+    "add_key_view",
+    "login_options_view",
+    "login_view",
+    "register_options_view",
+    "remove_key_view",
+    "rename_key_view",
+]
+
+Result = flows.Result
+
+
+def _json(body: str, status: int = 200) -> HttpResponse:
+    response = HttpResponse(body, content_type="application/json", status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# --- The login's second step ----------------------------------------------------------------
+
+
+@never_cache
+@require_POST
+@pending_required
+def login_options_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
+    credentials = list(WebAuthnCredential.objects.filter(user=user))
+    if not credentials:
+        return JsonResponse({"error": "no security key"}, status=404)
+    body = flows.ceremonies.begin_authentication(
+        request, user, credentials, flows.webauthn_binding(request)
+    )
+    return _json(body)
+
+
+@sensitive_post_parameters("credential")
+@never_cache
+@require_POST
+@pending_required
+def login_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
+    if limited := throttle.check_rates(
+        request,
+        ("mfa.code.ip", throttle.address_key(throttle.client_ip(request)), settings.CODE_IP_RATE),
+        ("mfa.code.user", str(user.pk), settings.CODE_RATE),
+    ):
+        return too_many(request, flows.refusal(user, limited))
+    form = AssertionForm(request.POST)
+    if not form.is_valid():
+        return _verify_page(request, user, next_url, form.errors["credential"][0])
+    outcome = flows.verify_webauthn(
+        request,
+        user,
+        form.cleaned_data["credential"],
+        lambda: flows.complete_login(request, user, method=flows.KEY),
+    )
+    if outcome.ok:
+        return HttpResponseRedirect(safe_next(request, next_url))
+    if outcome.result is Result.BLOCKED:
+        return too_many(request, outcome)
+    if outcome.result is Result.GONE:
+        flows.abandon_pending_login(request)
+        messages.info(request, _("Your sign-in changed meanwhile. Please start again."))
+        return redirect("mfa:login")
+    if outcome.result is Result.STALE:
+        error = _("That security key request expired or was already used. Try again.")
+    else:
+        error = _("That security key was not accepted. Use a key added to this account.")
+    return _verify_page(request, user, next_url, error)
+
+
+def _verify_page(request: HttpRequest, user: Any, next_url: str, error: str) -> HttpResponse:
+    context = {
+        "form": CodeForm(),
+        "next": next_url,
+        "pending_user": user,
+        "has_keys": True,
+        "key_error": error,
+    }
+    return render(request, "mfa/verify.html", context, status=400)
+
+
+# --- The security page ----------------------------------------------------------------------
+
+
+def _may_add(request: HttpRequest) -> HttpResponse | None:
+    """Refuse a user without 2FA, or a session without a fresh password and second factor."""
+    if not flows.has_2fa(request.user):
+        messages.info(request, _("Set up two-factor authentication first, then add keys."))
+        return redirect("mfa:security")
+    # A stolen session must not add the thief's key: the password and a second factor again.
+    return reauth_refusal(request)
+
+
+@never_cache
+@login_required
+@require_POST
+def register_options_view(request: HttpRequest) -> HttpResponse:
+    if _may_add(request) is not None:
+        return JsonResponse({"error": "reload the page"}, status=403)
+    if limited := throttle.check_rates(request, _password_rates(request.user)[0]):
+        return JsonResponse(
+            {"error": "too many"}, status=429, headers={"Retry-After": str(limited.retry_after)}
+        )
+    return _json(keys.begin(request, request.user))
+
+
+@sensitive_post_parameters("credential")
+@never_cache
+@login_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def add_key_view(request: HttpRequest) -> HttpResponse:
+    if refused := _may_add(request):
+        return refused
+    form = KeyAddForm(request.POST if request.method == "POST" else None)
+    status = 200
+    if request.method == "POST":
+        if limited := throttle.check_rates(request, _password_rates(request.user)[0]):
+            return too_many(request, limited)
+        status = 400
+        if form.is_valid():
+            result = keys.add(
+                request, request.user, form.cleaned_data["name"], form.cleaned_data["credential"]
+            )
+            if result == keys.AddResult.OK:
+                messages.success(request, _("Security key added."))
+                return redirect("mfa:security")
+            form.add_error(None, _add_error(result))
+    return no_store(render(request, "mfa/key_add.html", {"form": form}, status=status))
+
+
+def _add_error(result: str) -> str:
+    if result == keys.AddResult.STALE:
+        return _("That request expired or was already used. Try again.")
+    if result == keys.AddResult.DUPLICATE:
+        return _("That security key is already registered.")
+    return _("The security key's answer was not accepted. Try again, on this site's address.")
+
+
+@never_cache
+@login_required
+@require_POST
+def rename_key_view(request: HttpRequest, pk: int) -> HttpResponse:
+    form = KeyNameForm(request.POST)
+    if form.is_valid() and keys.rename(request.user, pk, form.cleaned_data["name"]):
+        messages.success(request, _("Security key renamed."))
+    elif form.is_valid():
+        raise Http404
+    else:
+        messages.error(request, _("Give the key a name of at most 64 characters."))
+    return redirect("mfa:security")
+
+
+@sensitive_post_parameters("password", "code")
+@never_cache
+@login_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def remove_key_view(request: HttpRequest, pk: int) -> HttpResponse:
+    # Another user's key is not found: a 404, exactly as a key that does not exist.
+    key = get_object_or_404(WebAuthnCredential, user=request.user, pk=pk)
+
+    def done() -> HttpResponse:
+        keys.remove(request, request.user, key.pk)
+        messages.success(request, _("Security key removed."))
+        return redirect("mfa:security")
+
+    return _reauth(request, "mfa/key_remove.html", done, {"key": key})
