@@ -10,8 +10,16 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import django
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.csp import CSP
+
+try:
+    from django.utils.csp import CSP
+except ImportError:
+    # Django 5.2 has no CSP middleware. The demo runs on 6.1; these settings still import on
+    # 5.2 so that the app's own tests run there, and mfa.W014 (check --deploy) says that the
+    # pages are then served without a policy.
+    CSP = None
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -57,7 +65,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    *(["django.middleware.csp.ContentSecurityPolicyMiddleware"] if CSP else []),
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -187,17 +195,18 @@ SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # No inline script or style anywhere: every page uses static files from 'self'.
-SECURE_CSP = {
-    "default-src": [CSP.SELF],
-    "script-src": [CSP.SELF],
-    "style-src": [CSP.SELF],
-    # The QR code is an inline data: PNG.
-    "img-src": [CSP.SELF, "data:"],
-    "object-src": [CSP.NONE],
-    "base-uri": [CSP.NONE],
-    "frame-ancestors": [CSP.NONE],
-    "form-action": [CSP.SELF],
-}
+if CSP:
+    SECURE_CSP = {
+        "default-src": [CSP.SELF],
+        "script-src": [CSP.SELF],
+        "style-src": [CSP.SELF],
+        # The QR code is an inline data: PNG.
+        "img-src": [CSP.SELF, "data:"],
+        "object-src": [CSP.NONE],
+        "base-uri": [CSP.NONE],
+        "frame-ancestors": [CSP.NONE],
+        "form-action": [CSP.SELF],
+    }
 
 if not DEBUG:
     # Behind a TLS-terminating proxy, set SECURE_PROXY_SSL_HEADER via DJANGO_SECURE_PROXY_SSL_HEADER
@@ -234,6 +243,21 @@ else:
             },
         }
     }
+if django.VERSION < (6, 1):
+    # Django 5.2 knows only the EMAIL_* settings (6.1 refuses them beside MAILERS): the same
+    # mailer, spelled the old way.
+    _mailer = MAILERS["default"]
+    del MAILERS
+    _options = _mailer.get("OPTIONS", {})
+    EMAIL_BACKEND = _mailer["BACKEND"]
+    EMAIL_HOST = _options.get("host", "localhost")
+    EMAIL_PORT = _options.get("port", 25)
+    EMAIL_HOST_USER = _options.get("username", "")
+    EMAIL_HOST_PASSWORD = _options.get("password", "")
+    EMAIL_USE_TLS = _options.get("use_tls", False)
+    EMAIL_USE_SSL = _options.get("use_ssl", False)
+    EMAIL_TIMEOUT = _options.get("timeout")
+
 DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "security@localhost")
 
 # --- Internationalisation -------------------------------------------------------------------

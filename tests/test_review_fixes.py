@@ -231,7 +231,7 @@ def test_error_email_of_the_setup_page_hides_secret_and_uri(
 ):
     """A failing QR code on the setup page: the admins' email names neither secret nor URI."""
     settings.DEBUG = False
-    settings.ADMINS = ["ops@example.com"]
+    settings.ADMINS = [("Ops", "ops@example.com")]  # 2-tuples: Django 5.2 needs them
     monkeypatch.setattr(flows.totp, "generate_secret", lambda: SECRET)
     monkeypatch.setattr(views.qrcode, "make", boom)
     handler = AdminEmailHandler(include_html=True)
