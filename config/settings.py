@@ -226,37 +226,32 @@ if not DEBUG:
 # --- Email ----------------------------------------------------------------------------------
 # Security notices go out through Django's email framework (MAILERS, new in Django 6.1); the
 # console in development, SMTP in production.
+_smtp = {
+    "host": os.environ.get("DJANGO_EMAIL_HOST", "localhost"),
+    "port": int(os.environ.get("DJANGO_EMAIL_PORT", "25")),
+    "username": os.environ.get("DJANGO_EMAIL_HOST_USER", ""),
+    "password": os.environ.get("DJANGO_EMAIL_HOST_PASSWORD", ""),
+    "use_tls": env_bool("DJANGO_EMAIL_USE_TLS", False),
+    "use_ssl": env_bool("DJANGO_EMAIL_USE_SSL", False),
+    "timeout": 10,
+}
 if env_bool("DJANGO_EMAIL_CONSOLE", DEBUG):
-    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
+    _mailer = {"BACKEND": "django.core.mail.backends.console.EmailBackend"}
 else:
-    MAILERS = {
-        "default": {
-            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-            "OPTIONS": {
-                "host": os.environ.get("DJANGO_EMAIL_HOST", "localhost"),
-                "port": int(os.environ.get("DJANGO_EMAIL_PORT", "25")),
-                "username": os.environ.get("DJANGO_EMAIL_HOST_USER", ""),
-                "password": os.environ.get("DJANGO_EMAIL_HOST_PASSWORD", ""),
-                "use_tls": env_bool("DJANGO_EMAIL_USE_TLS", False),
-                "use_ssl": env_bool("DJANGO_EMAIL_USE_SSL", False),
-                "timeout": 10,
-            },
-        }
-    }
-if django.VERSION < (6, 1):
+    _mailer = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": _smtp}
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": _mailer}
+else:
     # Django 5.2 knows only the EMAIL_* settings (6.1 refuses them beside MAILERS): the same
-    # mailer, spelled the old way.
-    _mailer = MAILERS["default"]
-    del MAILERS
-    _options = _mailer.get("OPTIONS", {})
+    # mailer, spelled the old way (the console backend ignores the SMTP ones).
     EMAIL_BACKEND = _mailer["BACKEND"]
-    EMAIL_HOST = _options.get("host", "localhost")
-    EMAIL_PORT = _options.get("port", 25)
-    EMAIL_HOST_USER = _options.get("username", "")
-    EMAIL_HOST_PASSWORD = _options.get("password", "")
-    EMAIL_USE_TLS = _options.get("use_tls", False)
-    EMAIL_USE_SSL = _options.get("use_ssl", False)
-    EMAIL_TIMEOUT = _options.get("timeout")
+    EMAIL_HOST = _smtp["host"]
+    EMAIL_PORT = _smtp["port"]
+    EMAIL_HOST_USER = _smtp["username"]
+    EMAIL_HOST_PASSWORD = _smtp["password"]
+    EMAIL_USE_TLS = _smtp["use_tls"]
+    EMAIL_USE_SSL = _smtp["use_ssl"]
+    EMAIL_TIMEOUT = _smtp["timeout"]
 
 DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "security@localhost")
 

@@ -334,7 +334,9 @@ def _failed(
 
 
 def _first_failure_of_pending_login(request: HttpRequest | None, user: Any) -> bool:
-    marker = request.session.get(PENDING_KEY) if request is not None else None
+    # No session: a request built by hand (RequestFactory, a caller of its own) is no login.
+    session = getattr(request, "session", None)
+    marker = session.get(PENDING_KEY) if session is not None else None
     if not isinstance(marker, dict) or marker.get("uid") != str(user.pk):
         return False  # a re-authentication: the session was already logged in
     events = SecurityEvent.objects.filter(user=user)
