@@ -10,8 +10,16 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import django
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.csp import CSP
+
+try:
+    from django.utils.csp import CSP
+except ImportError:
+    # Django 5.2 has no CSP middleware. The demo runs on 6.1; these settings still import on
+    # 5.2 so that the app's own tests run there, and mfa.W014 (check --deploy) says that the
+    # pages are then served without a policy.
+    CSP = None
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -57,7 +65,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    *(["django.middleware.csp.ContentSecurityPolicyMiddleware"] if CSP else []),
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -191,17 +199,18 @@ SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # No inline script or style anywhere: every page uses static files from 'self'.
-SECURE_CSP = {
-    "default-src": [CSP.SELF],
-    "script-src": [CSP.SELF],
-    "style-src": [CSP.SELF],
-    # The QR code is an inline data: PNG.
-    "img-src": [CSP.SELF, "data:"],
-    "object-src": [CSP.NONE],
-    "base-uri": [CSP.NONE],
-    "frame-ancestors": [CSP.NONE],
-    "form-action": [CSP.SELF],
-}
+if CSP:
+    SECURE_CSP = {
+        "default-src": [CSP.SELF],
+        "script-src": [CSP.SELF],
+        "style-src": [CSP.SELF],
+        # The QR code is an inline data: PNG.
+        "img-src": [CSP.SELF, "data:"],
+        "object-src": [CSP.NONE],
+        "base-uri": [CSP.NONE],
+        "frame-ancestors": [CSP.NONE],
+        "form-action": [CSP.SELF],
+    }
 
 if not DEBUG:
     # Behind a TLS-terminating proxy, set SECURE_PROXY_SSL_HEADER via DJANGO_SECURE_PROXY_SSL_HEADER
@@ -221,23 +230,33 @@ if not DEBUG:
 # --- Email ----------------------------------------------------------------------------------
 # Security notices go out through Django's email framework (MAILERS, new in Django 6.1); the
 # console in development, SMTP in production.
+_smtp = {
+    "host": os.environ.get("DJANGO_EMAIL_HOST", "localhost"),
+    "port": int(os.environ.get("DJANGO_EMAIL_PORT", "25")),
+    "username": os.environ.get("DJANGO_EMAIL_HOST_USER", ""),
+    "password": os.environ.get("DJANGO_EMAIL_HOST_PASSWORD", ""),
+    "use_tls": env_bool("DJANGO_EMAIL_USE_TLS", False),
+    "use_ssl": env_bool("DJANGO_EMAIL_USE_SSL", False),
+    "timeout": 10,
+}
 if env_bool("DJANGO_EMAIL_CONSOLE", DEBUG):
-    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
+    _mailer = {"BACKEND": "django.core.mail.backends.console.EmailBackend"}
 else:
-    MAILERS = {
-        "default": {
-            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-            "OPTIONS": {
-                "host": os.environ.get("DJANGO_EMAIL_HOST", "localhost"),
-                "port": int(os.environ.get("DJANGO_EMAIL_PORT", "25")),
-                "username": os.environ.get("DJANGO_EMAIL_HOST_USER", ""),
-                "password": os.environ.get("DJANGO_EMAIL_HOST_PASSWORD", ""),
-                "use_tls": env_bool("DJANGO_EMAIL_USE_TLS", False),
-                "use_ssl": env_bool("DJANGO_EMAIL_USE_SSL", False),
-                "timeout": 10,
-            },
-        }
-    }
+    _mailer = {"BACKEND": "django.core.mail.backends.smtp.EmailBackend", "OPTIONS": _smtp}
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": _mailer}
+else:
+    # Django 5.2 knows only the EMAIL_* settings (6.1 refuses them beside MAILERS): the same
+    # mailer, spelled the old way (the console backend ignores the SMTP ones).
+    EMAIL_BACKEND = _mailer["BACKEND"]
+    EMAIL_HOST = _smtp["host"]
+    EMAIL_PORT = _smtp["port"]
+    EMAIL_HOST_USER = _smtp["username"]
+    EMAIL_HOST_PASSWORD = _smtp["password"]
+    EMAIL_USE_TLS = _smtp["use_tls"]
+    EMAIL_USE_SSL = _smtp["use_ssl"]
+    EMAIL_TIMEOUT = _smtp["timeout"]
+
 DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "security@localhost")
 
 # --- Internationalisation -------------------------------------------------------------------

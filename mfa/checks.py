@@ -3,7 +3,6 @@
 mfa.E001  the key ring does not exist
 mfa.E002  the key ring cannot be read
 mfa.E003  the key ring holds no key, or an entry that is not a Fernet key
-mfa.W001  E001, E002 or E003 while a command that needs no key runs (migrate, test, ...)
 mfa.E004  the key ring file can be read or written by other users
 mfa.E005  the key directory can be written by other users
 mfa.E006  a rate setting (MFA_*_RATE) is not a rate such as 5/m or 100/15m
@@ -11,14 +10,16 @@ mfa.E007  MFA_BASE_TEMPLATE cannot be loaded
 mfa.E008  a block that MFA_BASE_BLOCKS names is not in that template (or is not a block name)
 mfa.E009  LOGIN_URL or the URL named "login" leads to a login view that is not the app's
 mfa.E010  the key ring's directory is inside a git work tree, and git does not ignore the ring
-mfa.W013  the key ring is inside a git work tree, and whether git ignores it cannot be told
-mfa.W010  the per-process in-process cache backs the rate limits of a multi-process server
-mfa.W011  the admin lets staff in without two-factor authentication (production)
 mfa.E011  MFA_ENROLMENT_GRACE or MFA_REAUTH_AGE is not a whole number of seconds, 0 or more
-mfa.W012  LOGIN_REDIRECT_URL leads to no page of this site
 mfa.E012  the WebAuthn RP ID is not a host of ALLOWED_HOSTS (nor a parent domain of one)
 mfa.E013  a WebAuthn origin is not https (http only for localhost) or not on the RP ID
 mfa.E014  MFA_WEBAUTHN_USER_VERIFICATION or MFA_WEBAUTHN_CHALLENGE_TIMEOUT is not valid
+mfa.W001  E001, E002 or E003 while a command that needs no key runs (migrate, test, ...)
+mfa.W010  the per-process in-process cache backs the rate limits of a multi-process server
+mfa.W011  the admin lets staff in without two-factor authentication (production)
+mfa.W012  LOGIN_REDIRECT_URL leads to no page of this site
+mfa.W013  the key ring is inside a git work tree, and whether git ignores it cannot be told
+mfa.W014  no Content-Security-Policy is configured (check --deploy only)
 
 docs/settings.md lists them with what to do about each.
 """
@@ -49,6 +50,7 @@ from .conf import settings
 __all__ = [
     "STRICT_COMMANDS",
     "check_base_template",
+    "check_content_security_policy",
     "check_durations",
     "check_key_ring",
     "check_key_ring_not_in_git",
@@ -439,6 +441,38 @@ def check_staff_policy(app_configs=None, **kwargs) -> list:
         Warning(
             "MFA_REQUIRE_FOR_STAFF is off: staff may use the admin with a password alone.",
             id="mfa.W011",
+        )
+    ]
+
+
+# Django 6.0's own CSP, and django-csp's (the way on Django 5.2, which has none).
+DJANGO_CSP_MIDDLEWARE = "django.middleware.csp.ContentSecurityPolicyMiddleware"
+DJANGO_CSP_PACKAGE_MIDDLEWARE = "csp.middleware.CSPMiddleware"
+# What the app's pages need, and no more: static files from 'self' only, the QR code as an
+# inline data: PNG, and no inline script or style anywhere.
+CSP_THE_APP_NEEDS = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+
+
+@register(Tags.security, deploy=True)
+def check_content_security_policy(app_configs=None, **kwargs) -> list:
+    # The app works without a CSP (it uses none of its own), but a policy is what keeps an
+    # injected script off the pages where the secret and the recovery codes are shown.
+    middleware = django_settings.MIDDLEWARE
+    if DJANGO_CSP_MIDDLEWARE in middleware and getattr(django_settings, "SECURE_CSP", None):
+        return []
+    if DJANGO_CSP_PACKAGE_MIDDLEWARE in middleware:
+        return []
+    return [
+        Warning(
+            "No Content-Security-Policy is configured: the two-factor pages (which show the "
+            "TOTP secret and the recovery codes) are served without one.",
+            hint=f"On Django 6.0 or later, add {DJANGO_CSP_MIDDLEWARE} to MIDDLEWARE and set "
+            f"SECURE_CSP; on Django 5.2, install django-csp and add "
+            f"{DJANGO_CSP_PACKAGE_MIDDLEWARE}. The app's pages need: {CSP_THE_APP_NEEDS}.",
+            id="mfa.W014",
         )
     ]
 

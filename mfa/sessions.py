@@ -7,14 +7,23 @@ deletes its row (and the session itself, by its last known key); the middleware 
 logged-in session whose ``sid`` has no row any more, whatever its key has become. The same
 lookup keeps the row's ``session_key`` current and tells the middleware how the session was
 made.
+
+An engine that keeps nothing on the server (``signed_cookies``: the key is the whole signed
+cookie, hundreds of characters, and a new one at every save) gets its sessions registered
+with the empty key. Such a session cannot be deleted or looked up on the server anyway; its
+registration alone is what ends it, through the middleware.
 """
 
 import secrets
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.contrib.auth import SESSION_KEY
+from django.contrib.sessions.backends import signed_cookies
 from django.contrib.sessions.backends.base import SessionBase
 from django.http import HttpRequest
+from django.utils import timezone
 
 from .models import UserSession
 
@@ -33,6 +42,19 @@ __all__ = [
 # two-step login (see middleware.SecondFactorMiddleware).
 SID_KEY = "_mfa_sid"
 
+# The longest key a registration holds (the column's length).
+_KEY_LENGTH = UserSession._meta.get_field("session_key").max_length
+
+
+def _stored_key(session: SessionBase) -> str:
+    """Return the key to register for ``session``: "" when the server keeps nothing under it."""
+    key = session.session_key or ""
+    if isinstance(session, signed_cookies.SessionStore) or len(key) > _KEY_LENGTH:
+        # Nothing to delete or ask about by that key, and it would not fit the column (on
+        # PostgreSQL the login's INSERT would fail: a server error at every login).
+        return ""
+    return key
+
 
 def register(request: HttpRequest, user: Any) -> None:
     """Track the session that ``login()`` just made for ``user``."""
@@ -42,7 +64,7 @@ def register(request: HttpRequest, user: Any) -> None:
         request.session.cycle_key()
     sid = secrets.token_urlsafe(24)
     request.session[SID_KEY] = sid
-    UserSession.objects.create(user=user, sid=sid, session_key=request.session.session_key)
+    UserSession.objects.create(user=user, sid=sid, session_key=_stored_key(request.session))
 
 
 def is_live(request: HttpRequest) -> bool:
@@ -56,7 +78,7 @@ def is_live(request: HttpRequest) -> bool:
     )
     if row is None:
         return False
-    key = request.session.session_key
+    key = _stored_key(request.session)
     if key and row.session_key != key:
         UserSession.objects.filter(pk=row.pk).update(session_key=key)
     return True
@@ -64,7 +86,8 @@ def is_live(request: HttpRequest) -> bool:
 
 def follow_key(session: SessionBase) -> None:
     """Record the session's new key in its registration."""
-    UserSession.objects.filter(sid=session.get(SID_KEY)).update(session_key=session.session_key)
+    if key := _stored_key(session):  # a signed cookie's new key is nothing to record
+        UserSession.objects.filter(sid=session.get(SID_KEY)).update(session_key=key)
 
 
 def forget(session: SessionBase) -> None:
@@ -77,8 +100,10 @@ def _end(engine: type[SessionBase], rows) -> int:
     ended = 0
     for row in rows:
         # Delete the stored session too, so it is gone at once and not only at its next
-        # request; if its key changed since, the middleware still ends it by its sid.
-        engine(session_key=row.session_key).delete()
+        # request; if its key changed since (or it has none), the middleware still ends it
+        # by its sid.
+        if row.session_key:
+            engine(session_key=row.session_key).delete()
         ended += 1
     rows.delete()
     return ended
@@ -98,11 +123,19 @@ def end_all(user: Any, engine: type[SessionBase]) -> int:
 def count_others(request: HttpRequest) -> int:
     """Count the user's other sessions that still exist, forgetting those that expired."""
     engine = request.session.__class__
+    # A registration without a key cannot be asked about (a signed cookie's engine says no
+    # cookie exists, ever: asking would forget every other session, and the middleware would
+    # then log them out). It counts until it is SESSION_COOKIE_AGE old, the age of a cookie
+    # that was never saved again after its login, and is forgotten then. A signed-cookie
+    # session re-saved since (its cookie renewed) is ended at that point too, when another of
+    # the user's sessions opens this page: its login is that old.
+    oldest = timezone.now() - timedelta(seconds=django_settings.SESSION_COOKIE_AGE)
     live = 0
     for row in UserSession.objects.filter(user=request.user).exclude(
         sid=request.session.get(SID_KEY)
     ):
-        if engine().exists(row.session_key):
+        exists = engine().exists(row.session_key) if row.session_key else row.created_at > oldest
+        if exists:
             live += 1
         else:
             row.delete()

@@ -8,6 +8,7 @@ the instant it runs at and moves it forward explicitly, never sleeps.
 import logging
 import os
 import re
+from importlib.util import find_spec
 
 import pytest
 import time_machine
@@ -143,6 +144,14 @@ def secret_from_setup_page(html: str) -> str:
     return match.group(1).replace(" ", "")
 
 
+# The demo's Content-Security-Policy comes from Django's own middleware, new in Django 6.0: on
+# 5.2 the demo's settings serve none (and check --deploy says so, mfa.W014).
+needs_django_csp = pytest.mark.skipif(
+    find_spec("django.utils.csp") is None,
+    reason="Django 5.2 has no CSP middleware (django.utils.csp is new in 6.0): no policy to test",
+)
+
+
 def require_services():
     """Skip (or, under CI, fail) when the real PostgreSQL and Redis are not configured."""
     if os.environ.get("MFA_TEST_SERVICES"):
@@ -163,6 +172,7 @@ __all__ = [
     "logged_in_as",
     "login_password",
     "make_user",
+    "needs_django_csp",
     "require_services",
     "secret_from_setup_page",
 ]

@@ -1,9 +1,10 @@
-"""System checks mfa.E001-E010, W001, W010-W013: each situation yields exactly its own id."""
+"""System checks mfa.E001-E011, W001, W010-W014: each situation yields exactly its own id."""
 
 import io
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -431,3 +432,64 @@ def test_no_w011_otherwise(settings, require, debug):
     settings.MFA_REQUIRE_FOR_STAFF = require
     settings.DEBUG = debug
     assert checks.check_staff_policy() == []
+
+
+# --- W014: no Content-Security-Policy (check --deploy) ----------------------------------------
+
+DJANGO_CSP = "django.middleware.csp.ContentSecurityPolicyMiddleware"
+DJANGO_CSP_PACKAGE = "csp.middleware.CSPMiddleware"
+A_POLICY = {"default-src": ["'self'"]}
+
+
+def without_csp(middleware: list[str]) -> list[str]:
+    return [m for m in middleware if m not in (DJANGO_CSP, DJANGO_CSP_PACKAGE)]
+
+
+def test_w014_without_any_csp(settings):
+    settings.MIDDLEWARE = without_csp(settings.MIDDLEWARE)
+    found = checks.check_content_security_policy()
+    assert ids(found) == ["mfa.W014"]
+    # The two ways, and the policy the app's pages need.
+    assert DJANGO_CSP in found[0].hint and DJANGO_CSP_PACKAGE in found[0].hint
+    assert (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'; form-action 'self'"
+    ) in found[0].hint
+
+
+@pytest.mark.parametrize("policy", [{}, None])
+def test_w014_djangos_middleware_without_a_policy(settings, policy):
+    settings.MIDDLEWARE = [*without_csp(settings.MIDDLEWARE), DJANGO_CSP]
+    settings.SECURE_CSP = policy
+    assert ids(checks.check_content_security_policy()) == ["mfa.W014"]
+
+
+def test_w014_a_policy_without_djangos_middleware(settings):
+    settings.MIDDLEWARE = without_csp(settings.MIDDLEWARE)
+    settings.SECURE_CSP = A_POLICY
+    assert ids(checks.check_content_security_policy()) == ["mfa.W014"]
+
+
+def test_no_w014_with_djangos_csp(settings):
+    settings.MIDDLEWARE = [*without_csp(settings.MIDDLEWARE), DJANGO_CSP]
+    settings.SECURE_CSP = A_POLICY
+    assert checks.check_content_security_policy() == []
+
+
+def test_no_w014_with_django_csp(settings):
+    # django-csp, the way on Django 5.2 (its settings are its own business).
+    settings.MIDDLEWARE = [*without_csp(settings.MIDDLEWARE), DJANGO_CSP_PACKAGE]
+    assert checks.check_content_security_policy() == []
+
+
+def test_the_demo_has_a_csp_where_django_has_one():
+    has_csp = find_spec("django.utils.csp") is not None
+    assert ids(checks.check_content_security_policy()) == ([] if has_csp else ["mfa.W014"])
+
+
+def test_w014_is_a_deploy_check_under_security(settings):
+    settings.MIDDLEWARE = without_csp(settings.MIDDLEWARE)
+    tags = [django_checks.Tags.security]
+    assert "mfa.W014" not in ids(django_checks.run_checks(tags=tags))
+    found = django_checks.run_checks(tags=tags, include_deployment_checks=True)
+    assert "mfa.W014" in ids(found)

@@ -1,5 +1,6 @@
 """The wheel: everything the app needs at run time, its licence, and nothing of the demo."""
 
+import re
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -60,6 +61,13 @@ def test_the_wheel_carries_nothing_of_the_demo_or_the_checkout(wheel, prefix):
     assert [n for n in wheel.namelist() if n.startswith(prefix)] == []
 
 
+def test_the_tests_import_the_app_of_this_tree():
+    # ./run test's Django 5.2 venv has the wheel installed too: the tests must test the tree.
+    import mfa
+
+    assert Path(mfa.__file__).resolve().parent == APP.resolve()
+
+
 def test_only_the_app_is_a_top_level_package(wheel):
     tops = {n.split("/")[0] for n in wheel.namelist() if ".dist-info/" not in n}
     assert tops == {"mfa"}
@@ -77,7 +85,11 @@ def test_the_metadata_declares_the_supported_versions(metadata):
         assert f"Framework :: Django :: {version}" in classifiers
     for version in ("3.12", "3.13", "3.14"):
         assert f"Programming Language :: Python :: {version}" in classifiers
-    assert set(metadata.get_all("Provides-Extra")) == {"demo", "test"}
+    assert set(metadata.get_all("Provides-Extra")) == {"site", "demo", "testtools", "test"}
+    # The Django 5.2 venv of ./run test installs these two to run the app's tests there.
+    for extra in ("site", "testtools"):
+        pins = [r for r in requires if f'extra == "{extra}"' in r and re.match(r"django[<>=;]", r)]
+        assert pins == [], extra
 
 
 def test_the_readme_is_the_long_description(metadata):

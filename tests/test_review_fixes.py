@@ -8,6 +8,7 @@ import logging
 import sys
 from urllib.parse import quote
 
+import django
 import pyotp
 import pytest
 from django.test import Client
@@ -231,7 +232,10 @@ def test_error_email_of_the_setup_page_hides_secret_and_uri(
 ):
     """A failing QR code on the setup page: the admins' email names neither secret nor URI."""
     settings.DEBUG = False
-    settings.ADMINS = ["ops@example.com"]
+    # Django 6.0 takes addresses (and deprecates the pairs that 5.2 requires).
+    settings.ADMINS = (
+        ["ops@example.com"] if django.VERSION >= (6, 0) else [("Ops", "ops@example.com")]
+    )
     monkeypatch.setattr(flows.totp, "generate_secret", lambda: SECRET)
     monkeypatch.setattr(views.qrcode, "make", boom)
     handler = AdminEmailHandler(include_html=True)

@@ -12,7 +12,7 @@ from django.conf import settings as django_settings
 from django.contrib.auth.hashers import get_hasher
 from django.utils.module_loading import import_string
 
-from tests.conftest import login_password
+from tests.conftest import login_password, needs_django_csp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +60,7 @@ def test_env_is_clean_of_test_overrides(tmp_path):
     assert len(env["DJANGO_SECRET_KEY"]) == 50
 
 
+@needs_django_csp  # on 5.2, mfa.W014: the demo serves no CSP there
 def test_check_deploy_is_clean(tmp_path):
     result = manage(production_env(tmp_path), "check", "--deploy", "--fail-level", "WARNING")
     output = result.stdout + result.stderr
@@ -83,6 +84,21 @@ def test_check_deploy_warns_about_staff_policy(tmp_path):
     assert "mfa.W011" in result.stdout + result.stderr
 
 
+def test_the_smtp_settings_reach_the_mailer_of_either_django(tmp_path):
+    # Django 6.1 reads MAILERS (and refuses EMAIL_* beside it); 5.2 reads only EMAIL_*.
+    env = production_env(tmp_path, DJANGO_EMAIL_HOST="mail.example.com", DJANGO_EMAIL_PORT="587")
+    code = (
+        "import django; from django.conf import settings; from django.core.mail import "
+        "get_connection; django.setup(); c = get_connection(); "
+        "print(type(c).__name__, c.host, c.port)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["EmailBackend", "mail.example.com", "587"]
+
+
 def test_production_refuses_to_start_without_secret_key(tmp_path):
     env = production_env(tmp_path)
     del env["DJANGO_SECRET_KEY"]
@@ -103,6 +119,7 @@ def csp_directives(header: str) -> dict[str, list[str]]:
     return directives
 
 
+@needs_django_csp
 @pytest.mark.django_db
 @pytest.mark.parametrize("url", ["/accounts/login/", "/accounts/2fa/setup/"])
 def test_security_headers(client, user, url):
