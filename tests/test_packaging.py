@@ -85,9 +85,9 @@ def test_the_metadata_declares_the_supported_versions(metadata):
         assert f"Framework :: Django :: {version}" in classifiers
     for version in ("3.12", "3.13", "3.14"):
         assert f"Programming Language :: Python :: {version}" in classifiers
-    assert set(metadata.get_all("Provides-Extra")) == {"site", "demo", "testtools", "test"}
+    assert set(metadata.get_all("Provides-Extra")) == {"demo-stack", "demo", "testtools", "test"}
     # The Django 5.2 venv of ./run test installs these two to run the app's tests there.
-    for extra in ("site", "testtools"):
+    for extra in ("demo-stack", "testtools"):
         pins = [r for r in requires if f'extra == "{extra}"' in r and re.match(r"django[<>=;]", r)]
         assert pins == [], extra
 
