@@ -29,7 +29,10 @@ class _FormParser(HTMLParser):
             action = urljoin(self.page_path, attributes.get("action") or self.page_path)
             self.forms.append(Form(action, attributes.get("method", "get").lower()))
         elif tag == "input" and self.forms and attributes.get("name"):
-            self.forms[-1].fields[attributes["name"]] = attributes.get("value", "")
+            if attributes.get("type") in ("checkbox", "radio") and "checked" not in attributes:
+                return  # as a browser: an unticked box is not sent
+            default = "on" if attributes.get("type") in ("checkbox", "radio") else ""
+            self.forms[-1].fields[attributes["name"]] = attributes.get("value", default)
 
 
 def forms_of(html: str, page_path: str) -> list[Form]:
