@@ -1,0 +1,83 @@
+"""The second review's attacks on security keys, remembered browsers and imported tokens.
+
+Each test is one finding: it failed before its fix (see the commit that added it).
+"""
+
+import json
+import os
+
+import cbor2
+import pytest
+from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
+
+from mfa.models import WebAuthnCredential
+
+from .conftest import full_login
+from .soft_authenticator import SoftAuthenticator
+from .test_webauthn import ADD, ADD_OPTIONS, options
+
+
+@pytest.fixture(autouse=True)
+def relying_party(settings):
+    settings.MFA_WEBAUTHN_RP_ID = "example.com"
+    settings.MFA_WEBAUTHN_ORIGINS = ["https://example.com"]
+
+
+def _attestation(answer: str, **changes) -> str:
+    """The registration answer with its attestation object's fields replaced."""
+    body = json.loads(answer)
+    attestation = cbor2.loads(base64url_to_bytes(body["response"]["attestationObject"]))
+    attestation.update(changes)
+    body["response"]["attestationObject"] = bytes_to_base64url(cbor2.dumps(attestation))
+    return json.dumps(body)
+
+
+def _with_public_key(answer: str, cose: bytes) -> str:
+    """The registration answer with the credential's public key replaced by ``cose``."""
+    body = json.loads(answer)
+    auth_data = cbor2.loads(base64url_to_bytes(body["response"]["attestationObject"]))["authData"]
+    id_length = int.from_bytes(auth_data[53:55], "big")
+    return _attestation(answer, authData=auth_data[: 55 + id_length] + cose)
+
+
+# --- Finding 1: a crafted attestation answered 500 -------------------------------------------
+
+JUNK_STATEMENT = {"alg": -7, "sig": b"x", "x5c": [b"junk"], "ver": "2.0"}
+JUNK_STATEMENT |= {"pubArea": b"x", "certInfo": b"x"}
+WRONG_TYPES = {"alg": "x", "sig": 5, "x5c": 5, "ver": 5, "response": 5}
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda answer: _attestation(answer, fmt="tpm", attStmt=JUNK_STATEMENT),
+        lambda answer: _attestation(answer, fmt="android-safetynet", attStmt=WRONG_TYPES),
+        lambda answer: _with_public_key(answer, cbor2.dumps([1])),
+        lambda answer: _with_public_key(answer, cbor2.dumps({})),
+    ],
+    ids=["tpm-pub-area", "safetynet-types", "cose-list", "cose-no-kty"],
+)
+def test_a_crafted_attestation_is_refused_not_an_error(client, clock, user_with_totp, tamper):
+    full_login(client, user_with_totp)
+    answer = tamper(SoftAuthenticator().create(options(client, ADD_OPTIONS)))
+    response = client.post(ADD, {"name": "odd key", "credential": answer})
+    assert response.status_code == 400
+    assert b"not accepted" in response.content
+    assert not WebAuthnCredential.objects.exists()
+
+
+# --- Finding 2: a credential id longer than WebAuthn allows (and than its column) ------------
+
+
+@pytest.mark.parametrize("length, added", [(1023, True), (1024, False), (3000, False)])
+def test_credential_ids_longer_than_1023_bytes_are_refused(
+    client, clock, user_with_totp, length, added
+):
+    # WebAuthn Level 3, 7.1 step 24: at most 1023 bytes. A longer one does not fit the
+    # credential_id column (1400 characters): an error on databases that enforce the length.
+    full_login(client, user_with_totp)
+    key = SoftAuthenticator(credential_id=os.urandom(length))
+    answer = key.create(options(client, ADD_OPTIONS))
+    response = client.post(ADD, {"name": "long id", "credential": answer})
+    assert response.status_code == (302 if added else 400)
+    assert WebAuthnCredential.objects.exists() is added
