@@ -12,9 +12,9 @@ from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
 from mfa.models import WebAuthnCredential
 
-from .conftest import full_login
+from .conftest import enrol, full_login, login_password
 from .soft_authenticator import SoftAuthenticator
-from .test_webauthn import ADD, ADD_OPTIONS, options
+from .test_webauthn import ADD, ADD_OPTIONS, give_key, options
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +81,17 @@ def test_credential_ids_longer_than_1023_bytes_are_refused(
     response = client.post(ADD, {"name": "long id", "credential": answer})
     assert response.status_code == (302 if added else 400)
     assert WebAuthnCredential.objects.exists() is added
+
+
+# --- Finding 3: a session that never used its second factor renamed keys ---------------------
+
+
+def test_renaming_a_key_needs_a_session_that_used_its_second_factor(client, clock, user):
+    # Signed in with the password alone, before the user enrolled elsewhere: the security page
+    # asks this session to step up; renaming the keys listed there must ask it too.
+    login_password(client)
+    give_key(enrol(user).user)
+    key = WebAuthnCredential.objects.get()
+    response = client.post(f"/accounts/security/keys/{key.pk}/rename/", {"name": "remove me"})
+    assert response.status_code == 302 and "/accounts/reauth/" in response["Location"]
+    assert WebAuthnCredential.objects.get().name == "blue key"

@@ -22,7 +22,15 @@ from ..decorators import reauth_refusal
 from ..forms import CodeForm
 from ..models import WebAuthnCredential
 from ..pages import render
-from ..views import _password_rates, _reauth, no_store, pending_required, safe_next, too_many
+from ..views import (
+    _password_rates,
+    _reauth,
+    no_store,
+    pending_required,
+    safe_next,
+    too_many,
+    verified_if_enrolled,
+)
 from . import keys
 from .forms import AssertionForm, KeyAddForm, KeyNameForm
 
@@ -166,6 +174,9 @@ def _add_error(result: str) -> str:
 @never_cache
 @login_required
 @require_POST
+# The keys are listed on the security page, which a session that never used the second factor
+# (signed in before the user enrolled) cannot open: nor may it rename them.
+@verified_if_enrolled
 def rename_key_view(request: HttpRequest, pk: int) -> HttpResponse:
     form = KeyNameForm(request.POST)
     if form.is_valid() and keys.rename(request.user, pk, form.cleaned_data["name"]):
