@@ -12,9 +12,10 @@ from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
 from mfa.models import WebAuthnCredential
 
-from .conftest import enrol, full_login, login_password
+from .conftest import enrol, full_login, is_logged_in, login_password
 from .soft_authenticator import SoftAuthenticator
-from .test_webauthn import ADD, ADD_OPTIONS, give_key, options
+from .test_bad_input import LONE_SURROGATE_UTF7, post_utf7
+from .test_webauthn import ADD, ADD_OPTIONS, KEY_LOGIN, KEY_OPTIONS, give_key, options
 
 
 @pytest.fixture(autouse=True)
@@ -95,3 +96,18 @@ def test_renaming_a_key_needs_a_session_that_used_its_second_factor(client, cloc
     response = client.post(f"/accounts/security/keys/{key.pk}/rename/", {"name": "remove me"})
     assert response.status_code == 302 and "/accounts/reauth/" in response["Location"]
     assert WebAuthnCredential.objects.get().name == "blue key"
+
+
+# --- Finding 4: a lone surrogate beside a well-formed assertion answered 500 -----------------
+
+
+def test_a_lone_surrogate_beside_a_good_assertion_is_refused(client, clock, user_with_totp):
+    # TextOnlyForm refuses the whole form (a non-field error) when any field has a lone
+    # surrogate; the key step looked for an error on the credential field only.
+    key = give_key(user_with_totp.user)
+    login_password(client)
+    answer = key.get(options(client, KEY_OPTIONS))
+    response = post_utf7(client, KEY_LOGIN, {"credential": answer, "x": LONE_SURROGATE_UTF7})
+    assert response.status_code == 400
+    assert not is_logged_in(client)
+    assert WebAuthnCredential.objects.get().sign_count == 0

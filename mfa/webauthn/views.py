@@ -81,7 +81,10 @@ def login_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
         return too_many(request, flows.refusal(user, limited))
     form = AssertionForm(request.POST)
     if not form.is_valid():
-        return _verify_page(request, user, next_url, form.errors["credential"][0])
+        # The whole form may be refused (a lone surrogate in any field) while the credential
+        # itself parsed: then the form's own error is the one to show.
+        errors = form.errors.get("credential") or form.non_field_errors()
+        return _verify_page(request, user, next_url, errors[0])
     outcome = flows.verify_webauthn(
         request,
         user,
