@@ -74,8 +74,8 @@ def test_a_crafted_attestation_is_refused_not_an_error(client, clock, user_with_
 def test_credential_ids_longer_than_1023_bytes_are_refused(
     client, clock, user_with_totp, length, added
 ):
-    # WebAuthn Level 3, 7.1 step 24: at most 1023 bytes. A longer one does not fit the
-    # credential_id column (1400 characters): an error on databases that enforce the length.
+    # WebAuthn Level 3, 7.1 (registering a new credential): at most 1023 bytes. A longer id
+    # does not fit the credential_id column (1400 characters): an error on PostgreSQL.
     full_login(client, user_with_totp)
     key = SoftAuthenticator(credential_id=os.urandom(length))
     answer = key.create(options(client, ADD_OPTIONS))

@@ -72,8 +72,8 @@ CHALLENGE_KEY = "_mfa_webauthn"
 LOGIN, REGISTER = "login", "register"
 # The ceremony's timeout the browser is given, in ms; the server's own limit is the setting.
 _BROWSER_TIMEOUT_MS = 120_000
-# WebAuthn Level 3, 7.1 step 24: a longer credential id is refused (and would not fit the
-# credential_id column). py_webauthn does not check it.
+# WebAuthn Level 3, 7.1 (registering a new credential): a credential id over 1023 bytes is
+# refused; it would not fit the credential_id column either. py_webauthn does not check it.
 MAX_CREDENTIAL_ID = 1023
 # What py_webauthn lets escape from attacker-chosen CBOR, COSE or attestation statements
 # besides its own exceptions (a missing COSE label, a statement field of the wrong type):
