@@ -10,7 +10,7 @@ import cbor2
 import pytest
 from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
-from mfa.models import WebAuthnCredential
+from mfa.models import RememberedBrowser, WebAuthnCredential
 
 from .conftest import enrol, full_login, is_logged_in, login_password
 from .soft_authenticator import SoftAuthenticator
@@ -132,3 +132,31 @@ def test_half_a_native_code_is_a_typing_error_for_a_user_without_imported_codes(
     assert response.status_code == 400
     assert b"16 letters and digits" in response.content
     assert user_with_totp.device.failure_count == 0
+
+
+# --- Finding 6: a browser remembered without the owner hearing of it ------------------------
+
+
+def test_the_owner_is_told_when_a_browser_is_remembered(
+    client, clock, user_with_totp, mailoutbox, django_capture_on_commit_callbacks
+):
+    # A phishing proxy that relays one code can tick the box: from then on the password alone
+    # signs in from its browser for MFA_REMEMBER_DAYS. A key added or used is emailed; so is this.
+    login_password(client)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/accounts/2fa/verify/", {"code": user_with_totp.code(), "remember": "on"})
+    assert RememberedBrowser.objects.filter(user=user_with_totp.user).exists()
+    subjects = [message.subject for message in mailoutbox]
+    assert subjects == ["A browser will sign in to your account without a code"]
+    assert "forget any you do not know" in mailoutbox[0].body
+
+
+def test_no_notice_when_no_browser_is_remembered(
+    client, clock, user_with_totp, mailoutbox, django_capture_on_commit_callbacks
+):
+    login_password(client)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/accounts/2fa/verify/", {"code": "000000", "remember": "on"})
+        client.post("/accounts/2fa/verify/", {"code": user_with_totp.code()})
+    assert not RememberedBrowser.objects.exists()
+    assert not any("without a code" in message.subject for message in mailoutbox)
