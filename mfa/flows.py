@@ -300,6 +300,9 @@ def remember_browser(request: HttpRequest, user: Any) -> str:
     """
     value = remember.issue(request, user)
     record(request, user, Kind.BROWSER_REMEMBERED, detail=f"{settings.REMEMBER_DAYS} days")
+    # The owner hears of it, as of a key added: a phisher who relayed one code would otherwise
+    # keep signing in with the password alone, unnoticed. Only once the login has committed.
+    transaction.on_commit(lambda: notify.send(user, Kind.BROWSER_REMEMBERED))
     return value
 
 

@@ -33,6 +33,7 @@ def _subjects() -> dict[str, str]:
         "suspicious": _("Someone entered your password but not your second factor"),
         "locked": _("Your two-factor authentication was locked"),
         "sessions_ended": _("Your other sessions were signed out"),
+        "browser_remembered": _("A browser will sign in to your account without a code"),
         "key_added": _("A security key was added to your account"),
         "key_removed": _("A security key was removed from your account"),
         "key_used": _("A security key was used to sign in"),

@@ -72,6 +72,13 @@ CHALLENGE_KEY = "_mfa_webauthn"
 LOGIN, REGISTER = "login", "register"
 # The ceremony's timeout the browser is given, in ms; the server's own limit is the setting.
 _BROWSER_TIMEOUT_MS = 120_000
+# WebAuthn Level 3, 7.1 (registering a new credential): a credential id over 1023 bytes is
+# refused; it would not fit the credential_id column either. py_webauthn does not check it.
+MAX_CREDENTIAL_ID = 1023
+# What py_webauthn lets escape from attacker-chosen CBOR, COSE or attestation statements
+# besides its own exceptions (a missing COSE label, a statement field of the wrong type):
+# a refusal too, never a 500.
+_PARSE_ERRORS = (WebAuthnException, ValueError, TypeError, LookupError, AttributeError)
 
 
 class Malformed(Exception):
@@ -234,15 +241,18 @@ def verify_registration(
 ) -> VerifiedRegistration:
     """Verify a new credential against the challenge, the RP ID and the origins."""
     try:
-        return verify_registration_response(
+        verified = verify_registration_response(
             credential=credential,
             expected_challenge=challenge,
             expected_rp_id=rp_id(),
             expected_origin=origins(),
             require_user_verification=_require_user_verification(),
         )
-    except (WebAuthnException, ValueError, TypeError) as exc:
+    except _PARSE_ERRORS as exc:
         raise Rejected(type(exc).__name__) from exc
+    if len(verified.credential_id) > MAX_CREDENTIAL_ID:
+        raise Rejected("credential id too long")
+    return verified
 
 
 def verify_assertion(
@@ -264,5 +274,5 @@ def verify_assertion(
             credential_current_sign_count=0,
             require_user_verification=_require_user_verification(),
         )
-    except (WebAuthnException, ValueError, TypeError) as exc:
+    except _PARSE_ERRORS as exc:
         raise Rejected(type(exc).__name__) from exc

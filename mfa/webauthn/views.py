@@ -22,7 +22,15 @@ from ..decorators import reauth_refusal
 from ..forms import CodeForm
 from ..models import WebAuthnCredential
 from ..pages import render
-from ..views import _password_rates, _reauth, no_store, pending_required, safe_next, too_many
+from ..views import (
+    _password_rates,
+    _reauth,
+    no_store,
+    pending_required,
+    safe_next,
+    too_many,
+    verified_if_enrolled,
+)
 from . import keys
 from .forms import AssertionForm, KeyAddForm, KeyNameForm
 
@@ -73,7 +81,10 @@ def login_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
         return too_many(request, flows.refusal(user, limited))
     form = AssertionForm(request.POST)
     if not form.is_valid():
-        return _verify_page(request, user, next_url, form.errors["credential"][0])
+        # The whole form may be refused (a lone surrogate in any field) while the credential
+        # itself parsed: then the form's own error is the one to show.
+        errors = form.errors.get("credential") or form.non_field_errors()
+        return _verify_page(request, user, next_url, errors[0])
     outcome = flows.verify_webauthn(
         request,
         user,
@@ -166,6 +177,9 @@ def _add_error(result: str) -> str:
 @never_cache
 @login_required
 @require_POST
+# The keys are listed on the security page, which a session that never used the second factor
+# (signed in before the user enrolled) cannot open: nor may it rename them.
+@verified_if_enrolled
 def rename_key_view(request: HttpRequest, pk: int) -> HttpResponse:
     form = KeyNameForm(request.POST)
     if form.is_valid() and keys.rename(request.user, pk, form.cleaned_data["name"]):
