@@ -10,7 +10,7 @@ mfa.E007  MFA_BASE_TEMPLATE cannot be loaded
 mfa.E008  a block that MFA_BASE_BLOCKS names is not in that template (or is not a block name)
 mfa.E009  LOGIN_URL or the URL named "login" leads to a login view that is not the app's
 mfa.E010  the key ring's directory is inside a git work tree, and git does not ignore the ring
-mfa.E011  MFA_ENROLMENT_GRACE or MFA_REAUTH_AGE is not a whole number of seconds, 0 or more
+mfa.E011  MFA_ENROLMENT_GRACE, MFA_REAUTH_AGE or MFA_REMEMBER_DAYS is not a whole number, 0 or more
 mfa.E012  the WebAuthn RP ID is not a host of ALLOWED_HOSTS (nor a parent domain of one)
 mfa.E013  a WebAuthn origin is not https (http only for localhost) or not on the RP ID
 mfa.E014  MFA_WEBAUTHN_USER_VERIFICATION or MFA_WEBAUTHN_CHALLENGE_TIMEOUT is not valid
@@ -251,9 +251,11 @@ def check_rates(app_configs=None, **kwargs) -> list:
 def check_durations(app_configs=None, **kwargs) -> list:
     # Read on every request to a view protected by mfa.decorators: a string or a float there
     # would be a server error on each protected page (or a proof that never expires).
+    # MFA_REMEMBER_DAYS likewise on every code step (days, not seconds).
+    units = {"ENROLMENT_GRACE": "seconds", "REAUTH_AGE": "seconds", "REMEMBER_DAYS": "days"}
     return [
-        Error(f"MFA_{name} = {value!r} is not a whole number of seconds, 0 or more.", id="mfa.E011")
-        for name in ("ENROLMENT_GRACE", "REAUTH_AGE")
+        Error(f"MFA_{name} = {value!r} is not a whole number of {unit}, 0 or more.", id="mfa.E011")
+        for name, unit in units.items()
         if not (type(value := getattr(settings, name)) is int and value >= 0)
     ]
 

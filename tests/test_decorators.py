@@ -314,7 +314,7 @@ def test_a_later_password_only_login_does_not_inherit_the_second_factor(client, 
 # --- The settings' system check -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["MFA_ENROLMENT_GRACE", "MFA_REAUTH_AGE"])
+@pytest.mark.parametrize("name", ["MFA_ENROLMENT_GRACE", "MFA_REAUTH_AGE", "MFA_REMEMBER_DAYS"])
 @pytest.mark.parametrize("value", ["3600", -1, 1.5, True, None])
 def test_e011_durations_must_be_whole_seconds(settings, name, value):
     from mfa.checks import check_durations
