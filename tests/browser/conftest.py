@@ -132,7 +132,9 @@ class Pages:
             locale="en-GB",
             **options,
         )
-        context.set_default_timeout(10_000)
+        # Generous: a wait that ends early costs nothing, and on a loaded 2-core machine a
+        # page (one Argon2 verification, a few commits) has taken over 10 s.
+        context.set_default_timeout(30_000)
         if javascript:
             context.add_init_script(CSP_WATCH)
         self.contexts.append(context)
