@@ -61,6 +61,7 @@ __all__ = [
     "end_other_sessions",
     "forget_browsers",
     "has_2fa",
+    "has_imported_codes",
     "login_remembered",
     "mark_reauthenticated",
     "pending_user",
@@ -667,9 +668,17 @@ def verify_any_code(request: HttpRequest, user: Any, raw: str) -> Outcome | None
     """
     if code := totp.normalize_code(raw):
         return verify_totp(request, user, code)
-    if parsed := recovery.parse(raw):
+    if parsed := recovery.parse(raw, imported=has_imported_codes(user)):
         return verify_recovery_code(request, user, parsed)
     return None
+
+
+def has_imported_codes(user: Any) -> bool:
+    """Whether the user holds recovery codes imported from django-otp (used ones included, so
+    that a used one is still answered as a replay)."""
+    return RecoveryCode.objects.filter(
+        user=user, selector__startswith=recovery.IMPORTED_PREFIX
+    ).exists()
 
 
 def unused_code_count(user: Any) -> int:

@@ -152,7 +152,14 @@ class CodeForm(TextOnlyForm):
 
 
 class RecoveryCodeForm(TextOnlyForm):
-    """A recovery code; case, spaces and dashes are forgiven."""
+    """A recovery code; case, spaces and dashes are forgiven.
+
+    ``imported``: whether the user holds codes imported from django-otp (8 characters).
+    """
+
+    def __init__(self, *args, imported: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.imported = imported
 
     code = forms.CharField(
         label=_("Recovery code"),
@@ -166,7 +173,7 @@ class RecoveryCodeForm(TextOnlyForm):
     )
 
     def clean_code(self) -> recovery.ParsedCode:
-        parsed = recovery.parse(self.cleaned_data["code"])
+        parsed = recovery.parse(self.cleaned_data["code"], imported=self.imported)
         if parsed is None:
             raise forms.ValidationError(
                 _("A recovery code has 16 letters and digits, like ABCD-EFGH-JKMN-PQRS."),
@@ -187,7 +194,14 @@ class PasswordForm(TextOnlyForm):
 
 
 class ReauthForm(PasswordForm):
-    """The password again, and a current TOTP code or an unused recovery code."""
+    """The password again, and a current TOTP code or an unused recovery code.
+
+    ``imported``: whether the user holds codes imported from django-otp (8 characters).
+    """
+
+    def __init__(self, *args, imported: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.imported = imported
 
     code = forms.CharField(
         label=_("Code from your app, or a recovery code"),
@@ -207,7 +221,7 @@ class ReauthForm(PasswordForm):
 
     def clean_code(self) -> str:
         raw = self.cleaned_data["code"]
-        if totp.normalize_code(raw) is None and recovery.parse(raw) is None:
+        if totp.normalize_code(raw) is None and recovery.parse(raw, self.imported) is None:
             raise forms.ValidationError(
                 _("Enter the 6-digit code from your app, or one of your recovery codes."),
                 code="format",

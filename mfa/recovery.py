@@ -113,13 +113,17 @@ def generate(count: int) -> list[tuple[str, str]]:
 
 
 @sensitive
-def parse(raw: str) -> ParsedCode | None:
-    """Return the code's selector and verifier, or None if it cannot be a code."""
+def parse(raw: str, imported: bool = True) -> ParsedCode | None:
+    """Return the code's selector and verifier, or None if it cannot be a code.
+
+    ``imported=False`` for a user who holds no imported token: 8 letters and digits are then
+    a typing error (half a native code, say), not a guess to verify and count.
+    """
     if len(raw) > 64:
         return None
     cleaned = "".join(raw.split()).replace("-", "").upper().translate(_READ_AS)
     if len(cleaned) != CODE_LENGTH or any(ch not in ALPHABET for ch in cleaned):
-        return _parse_imported(raw)
+        return _parse_imported(raw) if imported else None
     return ParsedCode(cleaned[:SELECTOR_LENGTH], cleaned[SELECTOR_LENGTH:])
 
 

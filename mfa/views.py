@@ -1,6 +1,7 @@
 """The web layer: parse the request, ask ``flows``, answer. No state change happens here."""
 
 import base64
+import functools
 import io
 import logging
 from collections.abc import Callable
@@ -168,7 +169,7 @@ def _code_step(
     request: HttpRequest,
     user: Any,
     next_url: str,
-    form_class: type,
+    form_class: Callable[..., Any],
     check: Callable[[HttpRequest, Any, Any, flows.OnAccept], flows.Outcome],
     template: str,
     method: str,
@@ -260,7 +261,7 @@ def recovery_view(request: HttpRequest, user: Any, next_url: str) -> HttpRespons
         request,
         user,
         next_url,
-        RecoveryCodeForm,
+        functools.partial(RecoveryCodeForm, imported=flows.has_imported_codes(user)),
         flows.verify_recovery_code,
         "mfa/recovery_login.html",
         RECOVERY,
@@ -427,7 +428,10 @@ def _reauth(
     if not flows.has_2fa(user):
         messages.info(request, _("Two-factor authentication is off."))
         return redirect("mfa:security")
-    form = ReauthForm(request.POST if request.method == "POST" else None)
+    form = ReauthForm(
+        request.POST if request.method == "POST" else None,
+        imported=flows.has_imported_codes(user),
+    )
     status = 200
     if request.method == "POST":
         if limited := throttle.check_rates(request, *_password_rates(user)):
