@@ -60,6 +60,7 @@ __all__ = [
     "disable",
     "end_other_sessions",
     "forget_browsers",
+    "device_pk",
     "has_2fa",
     "has_imported_codes",
     "login_remembered",
@@ -162,7 +163,14 @@ def record(request: HttpRequest | None, user: Any, kind: str, detail: str = "") 
 
 def has_2fa(user: Any) -> bool:
     """Whether ``user`` has a confirmed second factor."""
-    return user.pk is not None and TOTPDevice.objects.filter(user=user).exists()
+    return device_pk(user) is not None
+
+
+def device_pk(user: Any) -> int | None:
+    """The id of the user's confirmed authenticator row, or None without 2FA."""
+    if user.pk is None:
+        return None
+    return TOTPDevice.objects.filter(user=user).values_list("pk", flat=True).first()
 
 
 # --- The pending login ----------------------------------------------------------------------
@@ -175,8 +183,12 @@ def _password_fingerprint(user: Any) -> str:
 
 
 @transaction.atomic
-def begin_pending_login(request: HttpRequest, user: Any, next_url: str) -> None:
-    """Remember that ``user`` passed the password step, without logging them in."""
+def begin_pending_login(request: HttpRequest, user: Any, next_url: str, device: int) -> None:
+    """Remember that ``user`` passed the password step, without logging them in.
+
+    ``device`` is ``device_pk(user)``, which the caller has just read to know that the user has
+    2FA.
+    """
     if request.user.is_authenticated:
         # Logging in again from a logged-in session: that session ends here. Cycling its key
         # instead would keep it logged in under a key that "sign out other sessions" and the
@@ -195,7 +207,7 @@ def begin_pending_login(request: HttpRequest, user: Any, next_url: str) -> None:
         # The device row, not just "has 2FA": an admin reset deletes the row and enrolment
         # makes a new one, so a marker from before a reset cannot be finished with a device
         # enrolled after it (perhaps by whoever has the password).
-        "device": TOTPDevice.objects.filter(user=user).values_list("pk", flat=True).first(),
+        "device": device,
         "next": next_url,
     }
     record(request, user, Kind.PASSWORD_OK)
@@ -209,12 +221,9 @@ def _notice_abandoned(request: HttpRequest, user: Any) -> None:
     code. Found at the next password step of the user, which every login with 2FA takes: one
     look at the latest PASSWORD_OK, so the cost is bounded whatever the history.
     """
-    events = SecurityEvent.objects.filter(user=user)
-    last_ok = events.filter(kind=Kind.PASSWORD_OK).order_by("-pk").first()
-    if last_ok is None:
-        return
-    if events.filter(kind__in=[Kind.LOGIN, Kind.SUSPICIOUS], pk__gt=last_ok.pk).exists():
-        return  # completed, or already reported
+    last_ok = _latest_event(user, Kind.PASSWORD_OK, Kind.LOGIN, Kind.SUSPICIOUS)
+    if last_ok is None or last_ok.kind != Kind.PASSWORD_OK:
+        return  # none yet, or it was completed or already reported
     recent = last_ok.created_at > _now() - timedelta(seconds=settings.PENDING_TIMEOUT)
     if recent and last_ok.ip_address == throttle.client_ip(request):
         return  # still in its time, from the same address: the back button, a double submit
@@ -410,11 +419,19 @@ def _first_failure_of_pending_login(request: HttpRequest | None, user: Any) -> b
     marker = session.get(PENDING_KEY) if session is not None else None
     if not isinstance(marker, dict) or marker.get("uid") != str(user.pk):
         return False  # a re-authentication: the session was already logged in
-    events = SecurityEvent.objects.filter(user=user)
-    last_ok = events.filter(kind=Kind.PASSWORD_OK).order_by("-pk").values_list("pk", flat=True)
-    since = last_ok.first() or 0
     # Once per pending login, not once per code: nothing reported since its password step.
-    return not events.filter(kind=Kind.SUSPICIOUS, pk__gt=since).exists()
+    latest = _latest_event(user, Kind.PASSWORD_OK, Kind.SUSPICIOUS)
+    return latest is None or latest.kind != Kind.SUSPICIOUS
+
+
+def _latest_event(user: Any, *kinds: str) -> SecurityEvent | None:
+    """The user's newest audit event of these kinds: one indexed look, whatever the history."""
+    return (
+        SecurityEvent.objects.filter(user=user, kind__in=kinds)
+        .order_by("-pk")
+        .only("kind", "created_at", "ip_address")
+        .first()
+    )
 
 
 def _suspicious(request: HttpRequest | None, user: Any, detail: str) -> None:

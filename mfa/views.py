@@ -131,8 +131,8 @@ def login_view(request: HttpRequest) -> HttpResponse:
             return too_many(request, limited)
         if form.is_valid():
             user = form.get_user()
-            if flows.has_2fa(user):
-                return _after_password(request, user, next_url)
+            if (device := flows.device_pk(user)) is not None:
+                return _after_password(request, user, next_url, device)
             flows.complete_login(request, user, method="password")
             return HttpResponseRedirect(next_url)
         flows.record(request, None, Kind.PASSWORD_FAILED)
@@ -144,7 +144,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _after_password(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
+def _after_password(request: HttpRequest, user: Any, next_url: str, device: int) -> HttpResponse:
     """Send a user with 2FA to the code step, unless this browser is remembered for them.
 
     Only ever after the password was found right: a remembered browser skips the code, never
@@ -154,7 +154,7 @@ def _after_password(request: HttpRequest, user: Any, next_url: str) -> HttpRespo
     if known.browser is not None and flows.login_remembered(request, user, known.browser):
         response = HttpResponseRedirect(next_url)
     else:
-        flows.begin_pending_login(request, user, next_url)
+        flows.begin_pending_login(request, user, next_url, device)
         response = redirect_with_next("mfa:verify", next_url)
     if known.drop_cookie:
         remember.delete_cookie(response)
