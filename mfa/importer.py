@@ -66,7 +66,7 @@ class _Device:
     id: int
     user_id: Any
     name: str
-    key: str
+    key: str = field(repr=False)  # the plaintext hex key
     step: int
     t0: int
     digits: int
@@ -96,6 +96,7 @@ class Report:
         return out
 
 
+@sensitive  # its frame and every frame below hold plaintext keys and tokens
 def run(source: str, *, dry_run: bool = False, notify_users: bool = False) -> Report:
     """Import every user's TOTP device and static tokens from ``source``'s tables."""
     if source not in SOURCES:

@@ -415,3 +415,32 @@ def test_no_source_table_is_a_clear_error(transactional_db):
 
 def test_the_importer_names_its_sources():
     assert importer.SOURCES == ("django-otp", "two-factor")
+
+
+def test_an_error_during_the_import_reports_no_key_and_no_token(otp, migrated, settings):
+    from base64 import b32encode
+
+    from django.views.debug import ExceptionReporter
+
+    _alice, device, _last, tokens = migrated
+    settings.DEBUG = False  # the filter hides nothing while DEBUG is on (Django's choice)
+
+    def failing_save(*args, **kwargs):
+        raise RuntimeError("forced")
+
+    original = importer._save
+    importer._save = failing_save
+    try:
+        with uninstalled(otp), pytest.raises(RuntimeError) as raised:
+            importer.run("django-otp")
+    finally:
+        importer._save = original
+    # From the importer down: this test's own frame holds the key and tokens to look for.
+    exc_info = (raised.type, raised.value, raised.tb.tb_next)
+    secret = b32encode(unhexlify(device.key)).decode().rstrip("=")
+    for is_email in (False, True):
+        reporter = ExceptionReporter(None, *exc_info, is_email=is_email)
+        for text in (reporter.get_traceback_text(), reporter.get_traceback_html()):
+            assert "in run" in text  # the importer's frames are in the report...
+            for needle in (device.key, secret, *tokens):  # ...with none of their secrets
+                assert needle not in text
