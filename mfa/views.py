@@ -178,15 +178,7 @@ def _code_step(
     form = form_class(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
-        if limited := throttle.check_rates(
-            request,
-            (
-                "mfa.code.ip",
-                throttle.address_key(throttle.client_ip(request)),
-                settings.CODE_IP_RATE,
-            ),
-            ("mfa.code.user", str(user.pk), settings.CODE_RATE),
-        ):
+        if limited := throttle.check_rates(request, *_code_rates(request, user)):
             return too_many(request, flows.refusal(user, limited))
         status = 400
         if form.is_valid():
@@ -214,16 +206,34 @@ def _code_step(
                 messages.info(request, _("Your sign-in changed meanwhile. Please start again."))
                 return redirect("mfa:login")
             form.add_error("code", _code_error(outcome, method))
+    context = _step_context(request, user, next_url, form, keys=method == TOTP)
+    return render(request, template, context, status=status)
+
+
+def _code_rates(request: HttpRequest, user: Any) -> tuple[throttle.Check, ...]:
+    """The counters of a second-step attempt of any kind (code, recovery code, key): one budget
+    per pending account, and one per address."""
+    return (
+        ("mfa.code.ip", throttle.address_key(throttle.client_ip(request)), settings.CODE_IP_RATE),
+        ("mfa.code.user", str(user.pk), settings.CODE_RATE),
+    )
+
+
+def _step_context(
+    request: HttpRequest, user: Any, next_url: str, form: Any, *, keys: bool
+) -> dict[str, Any]:
+    """What the second step's pages show; ``keys``: offer the key step too (verify.html)."""
     context = {
         "form": form,
         "next": next_url,
         "pending_user": user,
         "remember_days": settings.REMEMBER_DAYS if remember.enabled() else 0,
         "remember_ticked": _remember_ticked(request),
-        # The key step is offered only to a user who has a key (mfa.webauthn.views).
-        "has_keys": WebAuthnCredential.objects.filter(user=user).exists(),
     }
-    return render(request, template, context, status=status)
+    if keys:
+        # Offered only to a user who has a key (mfa.webauthn.views).
+        context["has_keys"] = WebAuthnCredential.objects.filter(user=user).exists()
+    return context
 
 
 def _remember_ticked(request: HttpRequest) -> bool:

@@ -277,6 +277,16 @@ def test_malformed_answer_is_a_clear_error(client, clock, keyed, body):
     assert failures(enrolled) == 0
 
 
+def test_the_code_form_shown_after_a_key_error_still_offers_to_remember(client, clock, keyed):
+    # The page after a refused key is the verify page: its code form keeps the checkbox.
+    pending(client)
+    options(client)
+    response = post_key(client, "not json")
+    assert response.status_code == 400
+    assert b'name="remember"' in response.content
+    assert b'name="remember"' in client.get("/accounts/2fa/verify/").content
+
+
 def test_backed_off_before_any_check(client, clock, keyed):
     enrolled, key = keyed
     pending(client)

@@ -17,21 +17,22 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from .. import flows, throttle
-from ..conf import settings
 from ..decorators import reauth_refusal
 from ..forms import CodeForm
 from ..models import WebAuthnCredential
 from ..pages import render
 from ..views import (
+    _code_rates,
     _password_rates,
     _reauth,
+    _step_context,
     no_store,
     pending_required,
     safe_next,
     too_many,
     verified_if_enrolled,
 )
-from . import keys
+from . import ceremonies, keys
 from .forms import AssertionForm, KeyAddForm, KeyNameForm
 
 __all__ = [
@@ -47,9 +48,7 @@ Result = flows.Result
 
 
 def _json(body: str, status: int = 200) -> HttpResponse:
-    response = HttpResponse(body, content_type="application/json", status=status)
-    response["Cache-Control"] = "no-store"
-    return response
+    return no_store(HttpResponse(body, content_type="application/json", status=status))
 
 
 # --- The login's second step ----------------------------------------------------------------
@@ -62,7 +61,7 @@ def login_options_view(request: HttpRequest, user: Any, next_url: str) -> HttpRe
     credentials = list(WebAuthnCredential.objects.filter(user=user))
     if not credentials:
         return JsonResponse({"error": "no security key"}, status=404)
-    body = flows.ceremonies.begin_authentication(
+    body = ceremonies.begin_authentication(
         request, user, credentials, flows.webauthn_binding(request)
     )
     return _json(body)
@@ -73,11 +72,7 @@ def login_options_view(request: HttpRequest, user: Any, next_url: str) -> HttpRe
 @require_POST
 @pending_required
 def login_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
-    if limited := throttle.check_rates(
-        request,
-        ("mfa.code.ip", throttle.address_key(throttle.client_ip(request)), settings.CODE_IP_RATE),
-        ("mfa.code.user", str(user.pk), settings.CODE_RATE),
-    ):
+    if limited := throttle.check_rates(request, *_code_rates(request, user)):
         return too_many(request, flows.refusal(user, limited))
     form = AssertionForm(request.POST)
     if not form.is_valid():
@@ -107,13 +102,8 @@ def login_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
 
 
 def _verify_page(request: HttpRequest, user: Any, next_url: str, error: str) -> HttpResponse:
-    context = {
-        "form": CodeForm(),
-        "next": next_url,
-        "pending_user": user,
-        "has_keys": True,
-        "key_error": error,
-    }
+    context = _step_context(request, user, next_url, CodeForm(), keys=False)
+    context.update(has_keys=True, key_error=error)
     return render(request, "mfa/verify.html", context, status=400)
 
 
