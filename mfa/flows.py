@@ -678,14 +678,18 @@ def verify_webauthn(
 
 
 @sensitive_variables()
-def verify_any_code(request: HttpRequest, user: Any, raw: str) -> Outcome | None:
+def verify_any_code(
+    request: HttpRequest, user: Any, raw: str, imported: bool | None = None
+) -> Outcome | None:
     """Accept either a TOTP code or a recovery code (re-authentication forms).
 
     Returns None when ``raw`` is neither shape, so the form can say so without counting it.
     """
     if code := totp.normalize_code(raw):
         return verify_totp(request, user, code)
-    if parsed := recovery.parse(raw, imported=has_imported_codes(user)):
+    if imported is None:  # the caller's form may know already (ReauthForm.imported)
+        imported = has_imported_codes(user)
+    if parsed := recovery.parse(raw, imported=imported):
         return verify_recovery_code(request, user, parsed)
     return None
 

@@ -271,7 +271,11 @@ def recovery_view(request: HttpRequest, user: Any, next_url: str) -> HttpRespons
         request,
         user,
         next_url,
-        functools.partial(RecoveryCodeForm, imported=flows.has_imported_codes(user)),
+        # Only a POST parses a code: a GET shows the form and asks nothing.
+        functools.partial(
+            RecoveryCodeForm,
+            imported=request.method == "POST" and flows.has_imported_codes(user),
+        ),
         flows.verify_recovery_code,
         "mfa/recovery_login.html",
         RECOVERY,
@@ -440,7 +444,7 @@ def _reauth(
         return redirect("mfa:security")
     form = ReauthForm(
         request.POST if request.method == "POST" else None,
-        imported=flows.has_imported_codes(user),
+        imported=request.method == "POST" and flows.has_imported_codes(user),
     )
     status = 200
     if request.method == "POST":
@@ -452,7 +456,9 @@ def _reauth(
                 flows.record(request, user, Kind.PASSWORD_FAILED, detail="re-authentication")
                 form.add_error(None, _("The password or the code is not right."))
             else:
-                outcome = flows.verify_any_code(request, user, form.cleaned_data["code"])
+                outcome = flows.verify_any_code(
+                    request, user, form.cleaned_data["code"], imported=form.imported
+                )
                 if outcome is not None and outcome.ok:
                     return on_success()
                 if outcome is not None and outcome.result is Result.BLOCKED:
