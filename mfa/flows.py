@@ -65,6 +65,7 @@ __all__ = [
     "has_imported_codes",
     "login_remembered",
     "mark_reauthenticated",
+    "needs_step_up",
     "pending_user",
     "read_secret",
     "recently_authenticated",
@@ -164,6 +165,12 @@ def record(request: HttpRequest | None, user: Any, kind: str, detail: str = "") 
 def has_2fa(user: Any) -> bool:
     """Whether ``user`` has a confirmed second factor."""
     return device_pk(user) is not None
+
+
+def needs_step_up(request: HttpRequest) -> bool:
+    """Whether this session's user has 2FA but the session never used it (it signed in with
+    the password before the user enrolled elsewhere): it must prove a second factor first."""
+    return has_2fa(request.user) and not second_factor_verified(request)
 
 
 def device_pk(user: Any) -> int | None:

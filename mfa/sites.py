@@ -35,7 +35,7 @@ class AdminSite(admin.AdminSite):
     def needs_second_factor(self, request: HttpRequest) -> bool:
         # A session that logged in with the password alone before its user enrolled: the
         # admin must not be the one page that a password-only session still opens.
-        return flows.has_2fa(request.user) and not flows.second_factor_verified(request)
+        return flows.needs_step_up(request)
 
     def has_permission(self, request: HttpRequest) -> bool:
         return (

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
-from urllib.parse import urlencode
 
 import qrcode
 import qrcode.image.pil
@@ -18,7 +17,6 @@ from django.contrib.auth import logout as auth_logout
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
-from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
@@ -28,6 +26,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from . import conf, crypto, flows, remember, sessions, throttle, totp
 from .conf import settings
+from .decorators import redirect_with_next, verified_if_enrolled
 from .forms import (
     CodeForm,
     LoginForm,
@@ -159,10 +158,6 @@ def _after_password(request: HttpRequest, user: Any, next_url: str, device: int)
     if known.drop_cookie:
         remember.delete_cookie(response)
     return response
-
-
-def redirect_with_next(name: str, next_url: str) -> HttpResponseRedirect:
-    return HttpResponseRedirect(f"{reverse(name)}?{urlencode({REDIRECT_FIELD_NAME: next_url})}")
 
 
 def _code_step(
@@ -533,22 +528,6 @@ def regenerate_view(request: HttpRequest) -> HttpResponse:
 
 
 # --- The security page ----------------------------------------------------------------------
-
-
-def verified_if_enrolled(view: Callable) -> Callable:
-    """Let a user with 2FA in only with a session that has used it; else step up first.
-
-    A session that signed in with the password before the user enrolled elsewhere must not
-    read the security events or sign the owner out everywhere else.
-    """
-
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if flows.has_2fa(request.user) and not flows.second_factor_verified(request):
-            return redirect_with_next("mfa:reauth", request.get_full_path())
-        return view(request, *args, **kwargs)
-
-    return wrapper
 
 
 @never_cache

@@ -17,7 +17,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from .. import flows, throttle
-from ..decorators import reauth_refusal
+from ..decorators import reauth_refusal, verified_if_enrolled
 from ..forms import CodeForm
 from ..models import WebAuthnCredential
 from ..pages import render
@@ -30,7 +30,6 @@ from ..views import (
     pending_required,
     safe_next,
     too_many,
-    verified_if_enrolled,
 )
 from . import ceremonies, keys
 from .forms import AssertionForm, KeyAddForm, KeyNameForm
