@@ -19,8 +19,9 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import flows, notify
+from . import flows
 from .models import SecurityEvent, TOTPDevice, WebAuthnCredential
+from .webauthn import keys as webauthn_keys
 
 User = get_user_model()
 
@@ -265,9 +266,7 @@ class WebAuthnCredentialAdmin(SecretLookupsRefused, admin.ModelAdmin):
         keys = list(queryset.select_related("user"))
         _require(request, [key.user for key in keys])
         for key in keys:
-            key.delete()
-            flows.record(request, key.user, SecurityEvent.Kind.KEY_REMOVED, f"by {_actor(request)}")
-            notify.send(key.user, SecurityEvent.Kind.KEY_REMOVED)
+            webauthn_keys.removed(request, key.user, key.pk, detail=f"by {_actor(request)}")
 
 
 class TwoFactorUserAdmin(SecretLookupsRefused, UserAdmin):

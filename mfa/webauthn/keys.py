@@ -14,7 +14,7 @@ from .. import flows, notify
 from ..models import SecurityEvent, WebAuthnCredential
 from . import ceremonies
 
-__all__ = ["AddResult", "add", "begin", "remove", "rename"]
+__all__ = ["AddResult", "add", "begin", "remove", "removed", "rename"]
 
 Kind = SecurityEvent.Kind
 
@@ -60,7 +60,7 @@ def add(
     except IntegrityError:
         return AddResult.DUPLICATE
     # A new factor: offer to end the other sessions, as enrolment does.
-    request.session[flows.OFFER_END_SESSIONS_KEY] = True
+    flows._offer_end_sessions(request)
     notify.send(user, Kind.KEY_ADDED)
     return AddResult.OK
 
@@ -72,10 +72,21 @@ def rename(user: Any, key_pk: int, name: str) -> bool:
 
 def remove(request: HttpRequest, user: Any, key_pk: int) -> bool:
     """Remove one of ``user``'s keys (after re-authentication by the view)."""
+    if not removed(request, user, key_pk, detail=f"key {key_pk}"):
+        return False
+    flows._offer_end_sessions(request)
+    return True
+
+
+def removed(request: HttpRequest | None, user: Any, key_pk: int, detail: str) -> bool:
+    """Delete one of ``user``'s keys, audited and notified; False if it is not theirs (or gone).
+
+    Also the administrator's way (``detail`` names them), whose own session is not offered to
+    end the user's others.
+    """
     deleted, _ = WebAuthnCredential.objects.filter(user=user, pk=key_pk).delete()
     if not deleted:
         return False
-    request.session[flows.OFFER_END_SESSIONS_KEY] = True
-    flows.record(request, user, Kind.KEY_REMOVED, detail=f"key {key_pk}")
+    flows.record(request, user, Kind.KEY_REMOVED, detail=detail)
     notify.send(user, Kind.KEY_REMOVED)
     return True
