@@ -1,7 +1,8 @@
 """Hide a function's local variables from Django's error reports, without importing Django.
 
-``mfa.totp`` and ``mfa.recovery`` hold secrets and fresh recovery codes in their frames, and
-import no Django by design (they are pure, like django-otp's ``oath.py``). This decorator
+``mfa.totp`` and ``mfa.recovery`` hold secrets and fresh recovery codes in their frames.
+``mfa.totp`` imports no Django by design (it is pure, like django-otp's ``oath.py``), and
+``mfa.recovery`` only Django's settings and HMAC for imported tokens. This decorator
 gives their functions what ``django.views.decorators.debug.sensitive_variables()`` gives a
 Django module: every local of the function, and of every function it calls, is replaced by
 stars in the error page and the error email (``SafeExceptionReporterFilter``, active while

@@ -48,8 +48,8 @@ from .models import TOTPDevice
 
 __all__ = ["Enrolment", "averified_login", "enrol", "verified_login"]
 
-# The second-factor methods a login records ("totp" or "recovery code", as mfa.views does).
-METHODS = ("totp", "recovery code")
+# The second-factor methods a login records (as mfa.views and mfa.webauthn.views do).
+METHODS = ("totp", "recovery code", flows.KEY)
 
 
 @dataclass

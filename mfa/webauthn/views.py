@@ -171,12 +171,12 @@ def _add_error(result: str) -> str:
 @verified_if_enrolled
 def rename_key_view(request: HttpRequest, pk: int) -> HttpResponse:
     form = KeyNameForm(request.POST)
-    if form.is_valid() and keys.rename(request.user, pk, form.cleaned_data["name"]):
-        messages.success(request, _("Security key renamed."))
-    elif form.is_valid():
-        raise Http404
-    else:
+    if not form.is_valid():
         messages.error(request, _("Give the key a name of at most 64 characters."))
+    elif keys.rename(request.user, pk, form.cleaned_data["name"]):
+        messages.success(request, _("Security key renamed."))
+    else:
+        raise Http404
     return redirect("mfa:security")
 
 
