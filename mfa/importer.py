@@ -240,7 +240,7 @@ def _codes_for(user_name: str, tokens: Iterable[str], report: Report) -> list[Re
 
 
 def _already_here(user: Any) -> str:
-    if TOTPDevice.objects.filter(user=user).exists():
+    if flows.has_2fa(user):
         return "already has two-factor authentication here"
     if SecurityEvent.objects.filter(user=user, kind=Kind.IMPORTED).exists():
         # Imported once, then turned off or reset here: importing the old secret again would

@@ -156,10 +156,12 @@ def _parse_imported(raw: str) -> ParsedCode | None:
 @sensitive
 def hash_imported(token: str) -> tuple[str, str]:
     """Return the selector and Argon2id hash under which to store an imported token."""
-    parsed = _parse_imported(token)
-    if parsed is None:
+    normalized = normalize_imported(token)
+    if normalized is None:
         raise ValueError("not an importable token")
-    return parsed.selector, HASHER.hash(parsed._hashed)
+    # As ParsedCode._hashed has it for an imported code; only the primary key's selector.
+    selector = _imported_selector(normalized, settings.SECRET_KEY)
+    return selector, HASHER.hash(IMPORTED_PREFIX + normalized)
 
 
 @sensitive
