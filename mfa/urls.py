@@ -3,6 +3,8 @@
 from django.urls import path
 
 from . import views
+from .recovery import views as recovery_views
+from .totp import views as totp_views
 from .webauthn import views as webauthn_views
 
 app_name = "mfa"
@@ -12,12 +14,12 @@ urlpatterns = [
     path("logout/", views.logout_view, name="logout"),
     path("reauth/", views.reauth_view, name="reauth"),
     path("2fa/verify/", views.verify_view, name="verify"),
-    path("2fa/recovery/", views.recovery_view, name="recovery"),
+    path("2fa/recovery/", recovery_views.recovery_view, name="recovery"),
     path("2fa/key/", webauthn_views.login_view, name="webauthn_login"),
     path("2fa/key/options/", webauthn_views.login_options_view, name="webauthn_login_options"),
-    path("2fa/setup/", views.setup_view, name="setup"),
+    path("2fa/setup/", totp_views.setup_view, name="setup"),
     path("2fa/disable/", views.disable_view, name="disable"),
-    path("2fa/recovery-codes/", views.regenerate_view, name="regenerate"),
+    path("2fa/recovery-codes/", recovery_views.regenerate_view, name="regenerate"),
     path("security/", views.security_view, name="security"),
     path("security/end-sessions/", views.end_sessions_view, name="end_sessions"),
     path("security/browsers/forget/", views.forget_browsers_view, name="forget_browsers"),

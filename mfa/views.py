@@ -1,15 +1,10 @@
 """The web layer: parse the request, ask ``flows``, answer. No state change happens here."""
 
-import base64
-import functools
-import io
 import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-import qrcode
-import qrcode.image.pil
 from django.conf import settings as django_settings
 from django.contrib import messages
 from django.contrib.auth import REDIRECT_FIELD_NAME
@@ -21,10 +16,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
-from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
-from . import conf, crypto, flows, remember, sessions, throttle, totp
+from . import conf, flows, remember, sessions, throttle
 from .conf import settings
 from .decorators import redirect_with_next, verified_if_enrolled
 from .forms import (
@@ -32,7 +27,6 @@ from .forms import (
     LoginForm,
     PasswordForm,
     ReauthForm,
-    RecoveryCodeForm,
     username_key,
 )
 from .models import RememberedBrowser, SecurityEvent, TOTPDevice, WebAuthnCredential
@@ -257,26 +251,6 @@ def verify_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
     return _code_step(request, user, next_url, CodeForm, flows.verify_totp, "mfa/verify.html", TOTP)
 
 
-@sensitive_post_parameters("code")
-@never_cache
-@GET_POST
-@pending_required
-def recovery_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
-    return _code_step(
-        request,
-        user,
-        next_url,
-        # Only a POST parses a code: a GET shows the form and asks nothing.
-        functools.partial(
-            RecoveryCodeForm,
-            imported=request.method == "POST" and flows.has_imported_codes(user),
-        ),
-        flows.verify_recovery_code,
-        "mfa/recovery_login.html",
-        RECOVERY,
-    )
-
-
 @require_POST
 def logout_view(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
@@ -286,81 +260,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
     return redirect(django_settings.LOGOUT_REDIRECT_URL or django_settings.LOGIN_URL)
 
 
-# --- Enrolment ------------------------------------------------------------------------------
-
-
-@sensitive_variables()
-def qr_data_uri(uri: str) -> tuple[str, int]:
-    """Return the QR code of ``uri`` as a data: URI of a PNG, and its width in pixels.
-
-    Shown at its own size, every module is the same whole number of pixels: crisp to scan.
-    """
-    image = qrcode.make(uri, image_factory=qrcode.image.pil.PilImage, box_size=5, border=4)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    data = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    return data, image.pixel_size
-
-
-@sensitive_post_parameters("code", "password")
-@never_cache
-@login_required
-@GET_POST
-@sensitive_variables()
-def setup_view(request: HttpRequest) -> HttpResponse:
-    user = request.user
-    if flows.has_2fa(user):
-        messages.info(
-            request,
-            _("Two-factor authentication is already on. Turn it off first to use a new app."),
-        )
-        return redirect("mfa:security")
-    # Where to go once enrolled (mfa_required sends users here with it): this site only.
-    next_url = _next_on_site(request, request.GET.get(REDIRECT_FIELD_NAME))
-    if not flows.recently_authenticated(request):
-        return _confirm_password(request, lambda: _to_setup(next_url), next_url=next_url)
-    try:
-        secret, restarted = flows.begin_enrolment(request, user)
-    except crypto.KeyRingError:
-        logger.error("two-factor setup unavailable: the key ring cannot be read")
-        return render(request, "mfa/unreadable.html", {"setup": True}, status=503)
-    form = CodeForm(request.POST if request.method == "POST" else None)
-    status = 200
-    if restarted:
-        # The app holds the old secret, which no code of the new one can match: say why the
-        # page changed rather than call the user's right code wrong.
-        messages.warning(
-            request,
-            _(
-                "Setup had to start over because the server's encryption keys changed. Remove "
-                "the entry you just added from your app, then scan this new code."
-            ),
-        )
-    if request.method == "POST" and not restarted:
-        status = 400
-        if form.is_valid():
-            codes = flows.confirm_enrolment(request, user, form.cleaned_data["code"])
-            if codes is not None:
-                return show_recovery_codes(request, codes, enrolled=True, next_url=next_url)
-            form.add_error(
-                "code", _("That code does not match. Check the app shows this account's code.")
-            )
-    issuer = conf.issuer(request)
-    uri = totp.provisioning_uri(secret, user.get_username(), issuer)
-    qr, qr_size = qr_data_uri(uri)
-    context = {
-        "form": form,
-        "qr": qr,
-        "qr_size": qr_size,
-        # A phone cannot scan its own screen: it can open the app through the link instead.
-        "otpauth_uri": uri,
-        "secret_grouped": totp.group_secret(secret),
-        "issuer": issuer,
-        "account": user.get_username(),
-        "code_count": settings.RECOVERY_CODE_COUNT,
-        "next": next_url,
-    }
-    return no_store(render(request, "mfa/setup.html", context, status=status))
+# --- The password again --------------------------------------------------------------------
 
 
 def _password_rates(user: Any) -> tuple[throttle.Check, ...]:
@@ -373,17 +273,6 @@ def _password_rates(user: Any) -> tuple[throttle.Check, ...]:
         ("mfa.change.user", str(user.pk), settings.CHANGE_RATE),
         ("mfa.login.user", username_key(user.get_username()), settings.LOGIN_USER_RATE),
     )
-
-
-def _next_on_site(request: HttpRequest, candidate: str | None) -> str:
-    # Like safe_next, but "" rather than the default page: the setup's own links then stay.
-    if candidate and safe_next(request, candidate) == candidate:
-        return candidate
-    return ""
-
-
-def _to_setup(next_url: str) -> HttpResponse:
-    return redirect_with_next("mfa:setup", next_url) if next_url else redirect("mfa:setup")
 
 
 def _confirm_password(
@@ -409,18 +298,6 @@ def _confirm_password(
         {"form": form, "next": next_url},
         status=400 if request.method == "POST" else 200,
     )
-
-
-@sensitive_variables("codes", "text", "download", "context")
-def show_recovery_codes(
-    request: HttpRequest, codes: list[str], enrolled: bool, next_url: str = ""
-) -> HttpResponse:
-    """Render fresh codes, once, in the response to the POST that made them."""
-    text = "\n".join(codes) + "\n"
-    download = "data:text/plain;charset=utf-8;base64," + base64.b64encode(text.encode()).decode()
-    # next_url: the page the user was going to when sent to enrol (the "continue" link).
-    context = {"codes": codes, "download": download, "enrolled": enrolled, "next": next_url}
-    return no_store(render(request, "mfa/recovery_codes.html", context))
 
 
 # --- Re-authenticated changes ---------------------------------------------------------------
@@ -512,19 +389,6 @@ def disable_view(request: HttpRequest) -> HttpResponse:
         return redirect("mfa:security")
 
     return _reauth(request, "mfa/disable.html", done)
-
-
-@sensitive_post_parameters("password", "code")
-@never_cache
-@login_required
-@GET_POST
-def regenerate_view(request: HttpRequest) -> HttpResponse:
-    @sensitive_variables("codes")
-    def done() -> HttpResponse:
-        codes = flows.regenerate_recovery_codes(request, request.user)
-        return show_recovery_codes(request, codes, enrolled=False)
-
-    return _reauth(request, "mfa/regenerate.html", done)
 
 
 # --- The security page ----------------------------------------------------------------------

@@ -16,8 +16,9 @@ from django.utils.cache import get_max_age
 from django.utils.log import AdminEmailHandler
 from django.views.debug import ExceptionReporter
 
-from mfa import crypto, flows, recovery, totp, views
+from mfa import crypto, flows, recovery, totp
 from mfa.models import RecoveryCode, SecurityEvent
+from mfa.totp import views as totp_views
 from tests.conftest import enrol, full_login, is_logged_in, login_password
 
 pytestmark = pytest.mark.django_db
@@ -142,9 +143,9 @@ HELPERS = {
         totp.provisioning_uri(SECRET, "alice", "Example"),
     ),
     "totp.group_secret": lambda mp: totp.group_secret(SECRET, size=0),
-    "views.qr_data_uri": lambda mp: (
-        mp.setattr(views.qrcode, "make", boom),
-        views.qr_data_uri(URI),
+    "totp.views.qr_data_uri": lambda mp: (
+        mp.setattr(totp_views.qrcode, "make", boom),
+        totp_views.qr_data_uri(URI),
     ),
     "crypto._bind": lambda mp: crypto._bind(SECRET, _Unprintable()),
     "crypto._unbind": lambda mp: _unbound_for_another_user(),
@@ -237,7 +238,7 @@ def test_error_email_of_the_setup_page_hides_secret_and_uri(
         ["ops@example.com"] if django.VERSION >= (6, 0) else [("Ops", "ops@example.com")]
     )
     monkeypatch.setattr(flows.totp, "generate_secret", lambda: SECRET)
-    monkeypatch.setattr(views.qrcode, "make", boom)
+    monkeypatch.setattr(totp_views.qrcode, "make", boom)
     handler = AdminEmailHandler(include_html=True)
     logger = logging.getLogger("django.request")
     logger.addHandler(handler)

@@ -39,7 +39,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
-from .redact import sensitive
+from ..redact import sensitive
 
 __all__ = [
     "ALPHABET",

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 
 import pyotp
 
-from .redact import sensitive
+from ..redact import sensitive
 
 __all__ = [
     "DIGITS",

@@ -1,0 +1,118 @@
+"""Enrolling an authenticator app: the QR code, and the code that proves the user has it.
+
+The secret stays in the session (``flows.begin_enrolment``) until a working code confirms it
+(``flows.confirm_enrolment``); only then is it saved. The login's code step is the shared
+``mfa.views._code_step``.
+"""
+
+import base64
+import io
+import logging
+
+import qrcode
+import qrcode.image.pil
+from django.contrib import messages
+from django.contrib.auth import REDIRECT_FIELD_NAME
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+
+from .. import conf, crypto, flows, totp
+from ..conf import settings
+from ..decorators import redirect_with_next
+from ..forms import CodeForm
+from ..pages import render
+from ..recovery.views import show_recovery_codes
+from ..views import GET_POST, _confirm_password, no_store, safe_next
+
+__all__ = ["qr_data_uri", "setup_view"]
+
+logger = logging.getLogger(__name__)
+
+
+@sensitive_variables()
+def qr_data_uri(uri: str) -> tuple[str, int]:
+    """Return the QR code of ``uri`` as a data: URI of a PNG, and its width in pixels.
+
+    Shown at its own size, every module is the same whole number of pixels: crisp to scan.
+    """
+    image = qrcode.make(uri, image_factory=qrcode.image.pil.PilImage, box_size=5, border=4)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data, image.pixel_size
+
+
+@sensitive_post_parameters("code", "password")
+@never_cache
+@login_required
+@GET_POST
+@sensitive_variables()
+def setup_view(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    if flows.has_2fa(user):
+        messages.info(
+            request,
+            _("Two-factor authentication is already on. Turn it off first to use a new app."),
+        )
+        return redirect("mfa:security")
+    # Where to go once enrolled (mfa_required sends users here with it): this site only.
+    next_url = _next_on_site(request, request.GET.get(REDIRECT_FIELD_NAME))
+    if not flows.recently_authenticated(request):
+        return _confirm_password(request, lambda: _to_setup(next_url), next_url=next_url)
+    try:
+        secret, restarted = flows.begin_enrolment(request, user)
+    except crypto.KeyRingError:
+        logger.error("two-factor setup unavailable: the key ring cannot be read")
+        return render(request, "mfa/unreadable.html", {"setup": True}, status=503)
+    form = CodeForm(request.POST if request.method == "POST" else None)
+    status = 200
+    if restarted:
+        # The app holds the old secret, which no code of the new one can match: say why the
+        # page changed rather than call the user's right code wrong.
+        messages.warning(
+            request,
+            _(
+                "Setup had to start over because the server's encryption keys changed. Remove "
+                "the entry you just added from your app, then scan this new code."
+            ),
+        )
+    if request.method == "POST" and not restarted:
+        status = 400
+        if form.is_valid():
+            codes = flows.confirm_enrolment(request, user, form.cleaned_data["code"])
+            if codes is not None:
+                return show_recovery_codes(request, codes, enrolled=True, next_url=next_url)
+            form.add_error(
+                "code", _("That code does not match. Check the app shows this account's code.")
+            )
+    issuer = conf.issuer(request)
+    uri = totp.provisioning_uri(secret, user.get_username(), issuer)
+    qr, qr_size = qr_data_uri(uri)
+    context = {
+        "form": form,
+        "qr": qr,
+        "qr_size": qr_size,
+        # A phone cannot scan its own screen: it can open the app through the link instead.
+        "otpauth_uri": uri,
+        "secret_grouped": totp.group_secret(secret),
+        "issuer": issuer,
+        "account": user.get_username(),
+        "code_count": settings.RECOVERY_CODE_COUNT,
+        "next": next_url,
+    }
+    return no_store(render(request, "mfa/setup.html", context, status=status))
+
+
+def _next_on_site(request: HttpRequest, candidate: str | None) -> str:
+    # Like safe_next, but "" rather than the default page: the setup's own links then stay.
+    if candidate and safe_next(request, candidate) == candidate:
+        return candidate
+    return ""
+
+
+def _to_setup(next_url: str) -> HttpResponse:
+    return redirect_with_next("mfa:setup", next_url) if next_url else redirect("mfa:setup")
