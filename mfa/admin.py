@@ -4,23 +4,28 @@ No page here shows a secret, a ciphertext or a hash: those fields are simply nev
 Every action is a ``flows`` call, so it is audited (naming the administrator) and notified.
 
 Who may reset or unlock a second factor is decided by one function, ``may_manage_two_factor``,
-on every path that does it: both actions on both admins, the device's delete view and "Delete
-selected", and deleting a user (which deletes their device with them).
+on every path that does it: both actions on both admins, the TwoFactor row's delete view and
+"Delete selected", removing a security key, and deleting a user (which deletes their factors
+with them).
 """
+
+from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
 from django.db.models.constants import LOOKUP_SEP
-from django.http import HttpRequest
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import flows
-from .models import SecurityEvent, TOTPDevice, WebAuthnCredential
+from .models import RecoveryCode, SecurityEvent, TOTPDevice, TwoFactor, WebAuthnCredential
 from .webauthn import keys as webauthn_keys
 
 User = get_user_model()
@@ -28,17 +33,17 @@ User = get_user_model()
 
 __all__ = [
     "SecretLookupsRefused",
-    "TOTPDeviceAdmin",
+    "TwoFactorAdmin",
     "TwoFactorUserAdmin",
     "WebAuthnCredentialAdmin",
     "may_manage_two_factor",
 ]
 
 # The permission that resetting or unlocking anyone's second factor needs, from either admin:
-# the change permission on the device, never the user admin's. Changing a user (its name, its
-# groups) is not the same trust as removing their second factor, and one permission keeps
-# "who can strip 2FA" a single question for the operator.
-MANAGE_PERMISSION = f"{TOTPDevice._meta.app_label}.change_totpdevice"
+# the change permission on TwoFactor (the per-user 2FA row), never the user admin's. Changing a
+# user (its name, its groups) is not the same trust as removing their second factor, and one
+# permission keeps "who can strip 2FA" a single question for the operator.
+MANAGE_PERMISSION = f"{TwoFactor._meta.app_label}.change_twofactor"
 
 
 def may_manage_two_factor(
@@ -47,7 +52,7 @@ def may_manage_two_factor(
     """Whether ``admin_user`` may reset or unlock second factors (``target``'s, if given).
 
     The one rule of every admin path that removes or unlocks a second factor: the change
-    permission on TOTPDevice, and only a superuser may touch a superuser's. Otherwise staff
+    permission on TwoFactor, and only a superuser may touch a superuser's. Otherwise staff
     trusted with a narrower permission could strip a superuser's second factor and take over
     with a password they know (or that a phishing page collected).
     """
@@ -175,64 +180,84 @@ class SecurityEventAdmin(SecretLookupsRefused, ReadOnlyAdmin):
     list_select_related = ["user"]
 
 
-@admin.register(TOTPDevice)
-class TOTPDeviceAdmin(SecretLookupsRefused, admin.ModelAdmin):
-    # Deliberately not listed: encrypted_secret, last_used_step.
-    fields = ["user", "confirmed_at", "codes_left", "failure_count", "blocked_until", "locked_at"]
-    readonly_fields = fields
-    list_display = [
+@admin.register(TwoFactor)
+class TwoFactorAdmin(SecretLookupsRefused, admin.ModelAdmin):
+    """Each user with 2FA on: their factors, recovery codes left, failures, back-off, lock."""
+
+    # Deliberately not shown: the TOTP secret's ciphertext and its last used step.
+    fields = [
         "user",
-        "confirmed_at",
+        "enabled_at",
+        "app",
+        "keys",
         "codes_left",
         "failure_count",
         "blocked_until",
         "locked_at",
     ]
+    readonly_fields = fields
+    list_display = fields
     list_filter = [("locked_at", admin.EmptyFieldListFilter)]
     search_fields = ["user__username", "user__email"]
     actions = [unlock_two_factor, reset_two_factor]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Subqueries, not joins: two counts over two joins would multiply each other.
         return (
             super()
             .get_queryset(request)
             .select_related("user")
             .annotate(
-                _codes_left=Count(
-                    "user__mfa_recovery_codes",
-                    filter=Q(user__mfa_recovery_codes__used_at__isnull=True),
-                )
+                _app=Exists(TOTPDevice.objects.filter(user=OuterRef("user"))),
+                _keys=_count(WebAuthnCredential.objects.filter(user=OuterRef("user"))),
+                _codes_left=_count(
+                    RecoveryCode.objects.filter(user=OuterRef("user"), used_at__isnull=True)
+                ),
             )
         )
 
+    @admin.display(description=_("authenticator app"), boolean=True, ordering="_app")
+    def app(self, obj: TwoFactor) -> bool:
+        return obj._app
+
+    @admin.display(description=_("security keys"), ordering="_keys")
+    def keys(self, obj: TwoFactor) -> int:
+        return obj._keys
+
     @admin.display(description=_("recovery codes left"), ordering="_codes_left")
-    def codes_left(self, obj: TOTPDevice) -> int:
+    def codes_left(self, obj: TwoFactor) -> int:
         return obj._codes_left
 
     def has_add_permission(self, request, obj=None) -> bool:
-        return False  # only the user can enrol, by proving a code
+        return False  # only the user can turn 2FA on, by proving a factor
 
     def has_manage_two_factor_permission(self, request: HttpRequest) -> bool:
         return may_manage_two_factor(request.user)
 
-    # Deleting a device is a reset, so it needs what a reset needs, on top of the delete
+    # Deleting this row is a reset, so it needs what a reset needs, on top of the delete
     # permission. Django asks this for the delete view, for each row of "Delete selected" and
-    # for each device that deleting a user would take with it (a 403 when refused).
+    # for the row that deleting a user would take with it (a 403 when refused).
     def has_delete_permission(self, request, obj=None) -> bool:
         return super().has_delete_permission(request, obj) and may_manage_two_factor(
             request.user, obj.user if obj is not None else None
         )
 
-    # Deleting a device here (or with its user) is a reset: audited and notified, never silent.
-    def delete_model(self, request: HttpRequest, obj: TOTPDevice) -> None:
+    # Deleting it here (or with its user) is a reset: audited and notified, never silent.
+    def delete_model(self, request: HttpRequest, obj: TwoFactor) -> None:
         _require(request, [obj.user])
         flows.reset(obj.user, _actor(request), request)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        devices = list(queryset.select_related("user"))
-        _require(request, [device.user for device in devices])
-        for device in devices:
-            flows.reset(device.user, _actor(request), request)
+        rows = list(queryset.select_related("user"))
+        _require(request, [row.user for row in rows])
+        for row in rows:
+            flows.reset(row.user, _actor(request), request)
+
+
+def _count(queryset: QuerySet) -> Subquery:
+    """The number of rows of ``queryset`` (correlated by OuterRef), as an annotation."""
+    counted = queryset.order_by().values("user").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted), 0)
 
 
 @admin.register(WebAuthnCredential)
@@ -265,8 +290,29 @@ class WebAuthnCredentialAdmin(SecretLookupsRefused, admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         keys = list(queryset.select_related("user"))
         _require(request, [key.user for key in keys])
-        for key in keys:
-            webauthn_keys.removed(request, key.user, key.pk, detail=f"by {_actor(request)}")
+        actor = f"by {_actor(request)}"
+        kept = [
+            key
+            for key in keys
+            if webauthn_keys.removed(request, key.user, key.pk, detail=actor)
+            == webauthn_keys.RemoveResult.LAST
+        ]
+        if kept:
+            # 2FA never goes off by removing a key: a reset does that, audited as one.
+            request._mfa_keys_kept = True
+            text = ngettext(
+                "%d key was kept: it is its user's last second factor. Reset the user's "
+                "two-factor authentication instead.",
+                "%d keys were kept: each is its user's last second factor. Reset those users' "
+                "two-factor authentication instead.",
+                len(kept),
+            )
+            self.message_user(request, text % len(kept), messages.ERROR)
+
+    def response_delete(self, request: HttpRequest, obj_display: str, obj_id: Any):
+        if getattr(request, "_mfa_keys_kept", False):  # not "deleted successfully"
+            return HttpResponseRedirect(reverse("admin:mfa_webauthncredential_changelist"))
+        return super().response_delete(request, obj_display, obj_id)
 
 
 class TwoFactorUserAdmin(SecretLookupsRefused, UserAdmin):
@@ -276,13 +322,13 @@ class TwoFactorUserAdmin(SecretLookupsRefused, UserAdmin):
     actions = [*(UserAdmin.actions or []), unlock_two_factor, reset_two_factor]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).select_related("mfa_totp")
+        return super().get_queryset(request).select_related("mfa_two_factor")
 
     def has_manage_two_factor_permission(self, request: HttpRequest) -> bool:
         return may_manage_two_factor(request.user)
 
-    # Deleting a user deletes their device too (CASCADE). Django refuses that (403) unless
-    # TOTPDeviceAdmin.has_delete_permission allows it for the device, so the rule holds; and
+    # Deleting a user deletes their factors too (CASCADE). Django refuses that (403) unless
+    # TwoFactorAdmin.has_delete_permission allows it for the row, so the rule holds; and
     # the removal of the second factor is recorded and notified first, like any reset.
     def delete_model(self, request: HttpRequest, obj) -> None:
         self._reset_before_delete(request, [obj])
@@ -300,10 +346,10 @@ class TwoFactorUserAdmin(SecretLookupsRefused, UserAdmin):
 
     @admin.display(description=_("two-factor"))
     def two_factor(self, obj) -> str:
-        device = getattr(obj, "mfa_totp", None)
-        if device is None:
+        row = getattr(obj, "mfa_two_factor", None)
+        if row is None:
             return _("off")
-        if device.locked_at:
+        if row.locked_at:
             return _("locked")
         return _("on")
 

@@ -5,16 +5,19 @@ return an ``Outcome``, so that each view maps the same small set of answers to r
 
 The login, as a reviewer should check it:
 
-1. ``begin_pending_login``: the password was right and the user has 2FA. The session key is
-   cycled (a logged-in session is ended instead) and the session holds only a marker (user
-   id, backend, time, the device's id, and an HMAC of the password hash). ``login()`` is NOT
-   called: the user stays anonymous.
+1. ``begin_pending_login``: the password was right and the user has 2FA (a ``TwoFactor``
+   row: an authenticator app, security keys, or both). The session key is cycled (a logged-in
+   session is ended instead) and the session holds only a marker (user id, backend, time, the
+   TwoFactor row's id, and an HMAC of the password hash). ``login()`` is NOT called: the user
+   stays anonymous.
 2. ``pending_user``: each second-step request re-reads the marker, and drops it if it has
-   expired, the user is gone or inactive, or the password changed meanwhile. A device other
-   than the one the marker names (reset and enrolled again meanwhile) is answered ``GONE``.
-3. ``verify_totp`` / ``verify_recovery_code``: checks the database back-off, checks the code
-   (decrypting the TOTP secret, failing closed; or one Argon2 verification), and consumes it
-   with conditional UPDATEs in the same transaction as step 4 (``on_accept``).
+   expired, the user is gone or inactive, or the password changed meanwhile. A TwoFactor row
+   other than the one the marker names (reset and enrolled again meanwhile) is answered
+   ``GONE``.
+3. ``verify_totp`` / ``verify_recovery_code`` / ``verify_webauthn``: checks the back-off on the
+   TwoFactor row (one budget for every factor), checks the answer (decrypting the TOTP secret,
+   failing closed; one Argon2 verification; or the key's signature), and consumes it with
+   conditional UPDATEs in the same transaction as step 4 (``on_accept``).
 4. ``complete_login``: only now ``login()``, which cycles the session key again, and the
    session is registered so that it can be ended from elsewhere (``mfa.sessions``).
 
@@ -45,7 +48,14 @@ from django.views.decorators.debug import sensitive_variables
 
 from . import crypto, notify, recovery, remember, sessions, signals, throttle, totp
 from .conf import settings
-from .models import RecoveryCode, RememberedBrowser, SecurityEvent, TOTPDevice, WebAuthnCredential
+from .models import (
+    RecoveryCode,
+    RememberedBrowser,
+    SecurityEvent,
+    TOTPDevice,
+    TwoFactor,
+    WebAuthnCredential,
+)
 from .webauthn import ceremonies
 
 __all__ = [
@@ -60,8 +70,8 @@ __all__ = [
     "disable",
     "end_other_sessions",
     "forget_browsers",
-    "device_pk",
     "has_2fa",
+    "has_app",
     "has_imported_codes",
     "login_remembered",
     "mark_reauthenticated",
@@ -75,6 +85,7 @@ __all__ = [
     "remember_browser",
     "reset",
     "second_factor_verified",
+    "two_factor_pk",
     "unlock",
     "unused_code_count",
     "verify_any_code",
@@ -87,12 +98,12 @@ logger = logging.getLogger(__name__)
 Kind = SecurityEvent.Kind
 
 OnAccept = Callable[[], None]
-# The method name of a security key in the audit trail and the signals.
-KEY = "security key"
+# The method names of the second factors in the audit trail and the signals.
+TOTP, RECOVERY, KEY = "totp", "recovery code", "security key"
 
 PENDING_KEY = "_mfa_pending"
-# Set by ``pending_user`` on the user it returns: the device the password step saw.
-PENDING_DEVICE_ATTR = "_mfa_pending_device"
+# Set by ``pending_user`` on the user it returns: the TwoFactor row the password step saw.
+PENDING_ROW_ATTR = "_mfa_pending_two_factor"
 # When the password was last proved in this session (login or re-authentication).
 AUTH_AT_KEY = "_mfa_auth_at"
 # When a second factor was last proved in this session (the login's second step, the
@@ -116,6 +127,7 @@ class Result(Enum):
     BLOCKED = "blocked"  # backed off or locked: not even checked
     UNREADABLE = "unreadable"  # no key decrypts the secret: fail closed
     GONE = "gone"  # no second factor (any more): reset by an admin, or turned off elsewhere
+    ABSENT = "absent"  # a code for an app the user does not have (keys only): not counted
     STALE = "stale"  # a security key's answer to no live challenge (expired, used): not counted
 
 
@@ -163,8 +175,13 @@ def record(request: HttpRequest | None, user: Any, kind: str, detail: str = "") 
 
 
 def has_2fa(user: Any) -> bool:
-    """Whether ``user`` has a confirmed second factor."""
-    return device_pk(user) is not None
+    """Whether ``user`` has two-factor authentication on (an app, security keys, or both)."""
+    return two_factor_pk(user) is not None
+
+
+def has_app(user: Any) -> bool:
+    """Whether ``user`` has a confirmed authenticator app (TOTP)."""
+    return user.pk is not None and TOTPDevice.objects.filter(user=user).exists()
 
 
 def needs_step_up(request: HttpRequest) -> bool:
@@ -173,11 +190,11 @@ def needs_step_up(request: HttpRequest) -> bool:
     return has_2fa(request.user) and not second_factor_verified(request)
 
 
-def device_pk(user: Any) -> int | None:
-    """The id of the user's confirmed authenticator row, or None without 2FA."""
+def two_factor_pk(user: Any) -> int | None:
+    """The id of the user's TwoFactor row, or None without 2FA."""
     if user.pk is None:
         return None
-    return TOTPDevice.objects.filter(user=user).values_list("pk", flat=True).first()
+    return TwoFactor.objects.filter(user=user).values_list("pk", flat=True).first()
 
 
 # --- The pending login ----------------------------------------------------------------------
@@ -190,11 +207,11 @@ def _password_fingerprint(user: Any) -> str:
 
 
 @transaction.atomic
-def begin_pending_login(request: HttpRequest, user: Any, next_url: str, device: int) -> None:
+def begin_pending_login(request: HttpRequest, user: Any, next_url: str, row: int) -> None:
     """Remember that ``user`` passed the password step, without logging them in.
 
-    ``device`` is ``device_pk(user)``, which the caller has just read to know that the user has
-    2FA.
+    ``row`` is ``two_factor_pk(user)``, which the caller has just read to know that the user
+    has 2FA.
     """
     if request.user.is_authenticated:
         # Logging in again from a logged-in session: that session ends here. Cycling its key
@@ -211,10 +228,10 @@ def begin_pending_login(request: HttpRequest, user: Any, next_url: str, device: 
         "backend": user.backend,
         "at": int(totp.now()),
         "pw": _password_fingerprint(user),
-        # The device row, not just "has 2FA": an admin reset deletes the row and enrolment
-        # makes a new one, so a marker from before a reset cannot be finished with a device
+        # The TwoFactor row, not just "has 2FA": an admin reset deletes the row and enrolment
+        # makes a new one, so a marker from before a reset cannot be finished with a factor
         # enrolled after it (perhaps by whoever has the password).
-        "device": device,
+        "2fa": row,
         "next": next_url,
     }
     record(request, user, Kind.PASSWORD_OK)
@@ -250,13 +267,13 @@ def pending_user(request: HttpRequest) -> tuple[Any, str] | None:
         user is None
         or not user.is_active
         or not constant_time_compare(marker.get("pw", ""), _password_fingerprint(user))
-        or not isinstance(marker.get("device"), int)
+        or not isinstance(marker.get("2fa"), int)
     ):
         request.session.pop(PENDING_KEY, None)
         return None
     user.backend = marker["backend"]
-    # The verify functions look for this device only (``_device``): another one is GONE.
-    setattr(user, PENDING_DEVICE_ATTR, marker["device"])
+    # The verify functions look for this row only (``_two_factor``): another one is GONE.
+    setattr(user, PENDING_ROW_ATTR, marker["2fa"])
     return user, marker.get("next", "")
 
 
@@ -294,8 +311,8 @@ def login_remembered(request: HttpRequest, user: Any, browser: RememberedBrowser
     remembered browser does not get round what the failures decided: the user goes to the
     code step, which says when to try again), or when the row was forgotten meanwhile.
     """
-    device = _device(user)
-    if device is None or _blocked(device) is not None:
+    row = _two_factor(user)
+    if row is None or _blocked(row) is not None:
         return False
     now = _now()
     used = RememberedBrowser.objects.filter(pk=browser.pk, expires_at__gt=now).update(
@@ -390,34 +407,32 @@ def _proved_within(request: HttpRequest, key: str, max_age: int) -> bool:
 # --- Verifying codes ------------------------------------------------------------------------
 
 
-def _failed(
-    request: HttpRequest, user: Any, device: TOTPDevice, detail: str, method: str
-) -> Outcome:
+def _failed(request: HttpRequest, user: Any, row: TwoFactor, detail: str, method: str) -> Outcome:
     now = _now()
-    failure = throttle.record_failure(device.pk, now)
+    failure = throttle.record_failure(row.pk, now)
     if failure is None:
         return Outcome(Result.GONE)
-    device = failure.device
+    row = failure.row
     record(request, user, Kind.MFA_FAILED, detail=detail)
     signals.send(signals.verification_failed, request, user, method=method, reason="invalid")
-    if device.failure_count == settings.BACKOFF_AFTER:
+    if row.failure_count == settings.BACKOFF_AFTER:
         # ASVS 6.3.5: the password was right, the second factor repeatedly wrong (also in a
         # re-authentication, where a session thief may be trying codes).
-        _suspicious(request, user, f"{device.failure_count} failures")
+        _suspicious(request, user, f"{row.failure_count} failures")
     elif _first_failure_of_pending_login(request, user):
         # The first wrong code after a right password: whoever has the password gets no free
         # guesses between the owner's logins (each login resets the count above).
         _suspicious(request, user, "wrong code after the password")
-    if device.failure_count == settings.LOCKOUT_AFTER:
-        record(request, user, Kind.LOCKED, detail=f"{device.failure_count} failures")
+    if row.failure_count == settings.LOCKOUT_AFTER:
+        record(request, user, Kind.LOCKED, detail=f"{row.failure_count} failures")
         signals.send(signals.locked, request, user)
         notify.send(user, Kind.LOCKED)
-    elif device.blocked_until is not None and device.failure_count >= settings.BACKOFF_AFTER:
-        record(request, user, Kind.BACKOFF, detail=f"{device.failure_count} failures")
+    elif row.blocked_until is not None and row.failure_count >= settings.BACKOFF_AFTER:
+        record(request, user, Kind.BACKOFF, detail=f"{row.failure_count} failures")
     if failure.refused is not None:
         # A burst that got past the early check after the back-off began: answered like a
         # right code in the same burst would be (429), so the answer reveals nothing.
-        return _blocked(device) or Outcome(Result.BLOCKED, retry_after=1)
+        return _blocked(row) or Outcome(Result.BLOCKED, retry_after=1)
     return Outcome(Result.INVALID)
 
 
@@ -456,8 +471,8 @@ def _suspicious(request: HttpRequest | None, user: Any, detail: str) -> None:
         notify.send(user, Kind.SUSPICIOUS)
 
 
-def _blocked(device: TOTPDevice) -> Outcome | None:
-    limited = throttle.blocked_for(device, _now())
+def _blocked(row: TwoFactor) -> Outcome | None:
+    limited = throttle.blocked_for(row, _now())
     if limited is None:
         return None
     return Outcome(Result.BLOCKED, retry_after=limited.retry_after, locked=limited.locked)
@@ -469,8 +484,8 @@ def refusal(user: Any, limited: throttle.Limited) -> throttle.Limited | Outcome:
     The two layers count over different times: Retry-After must not send the user back while
     the account is still backed off (or locked). Read only when a rate limit refuses.
     """
-    device = _device(user)
-    blocked = _blocked(device) if device is not None else None
+    row = _two_factor(user)
+    blocked = _blocked(row) if row is not None else None
     if blocked is not None and (blocked.locked or blocked.retry_after > limited.retry_after):
         return blocked
     return limited
@@ -492,19 +507,34 @@ def read_secret(request: HttpRequest | None, user: Any, device: TOTPDevice) -> s
         return None
 
 
-def _device(user: Any) -> TOTPDevice | None:
-    devices = TOTPDevice.objects.filter(user=user)
-    # In a pending login, only the device its password step saw (see begin_pending_login).
-    if (pk := getattr(user, PENDING_DEVICE_ATTR, None)) is not None:
-        devices = devices.filter(pk=pk)
-    return devices.first()
+def _two_factor(user: Any) -> TwoFactor | None:
+    rows = TwoFactor.objects.filter(user=user)
+    # In a pending login, only the row its password step saw (see begin_pending_login).
+    if (pk := getattr(user, PENDING_ROW_ATTR, None)) is not None:
+        rows = rows.filter(pk=pk)
+    return rows.first()
 
 
-def _usable(device_pk: int, now) -> "QuerySet[TOTPDevice]":
-    """The device row, only while it is neither locked nor backed off at ``now``."""
-    return TOTPDevice.objects.filter(pk=device_pk, locked_at__isnull=True).filter(
+def _usable(row_pk: int, now) -> "QuerySet[TwoFactor]":
+    """The TwoFactor row, only while it is neither locked nor backed off at ``now``."""
+    return TwoFactor.objects.filter(pk=row_pk, locked_at__isnull=True).filter(
         Q(blocked_until__isnull=True) | Q(blocked_until__lte=now)
     )
+
+
+class _Refused(Exception):
+    """Rolls back a half-done acceptance."""
+
+    def __init__(self, outcome: "Outcome | None" = None):
+        self.outcome = outcome
+
+
+def _accept(row: TwoFactor, user: Any, now) -> None:
+    """Start the failure budget over, in the acceptance's transaction; or raise ``_Refused``
+    when the row was backed off, locked or deleted since the first check."""
+    if not _usable(row.pk, now).update(failure_count=0, blocked_until=None):
+        current = _two_factor(user)
+        raise _Refused(_blocked(current) if current else Outcome(Result.GONE))
 
 
 @sensitive_variables()
@@ -516,46 +546,40 @@ def verify_totp(
     ``on_accept`` runs in the transaction that consumes the code (``complete_login`` for the
     login), so the code is spent if and only if what it was for happened.
     """
-    device = _device(user)
-    if device is None:
+    row = _two_factor(user)
+    if row is None:
         return Outcome(Result.GONE)
-    if blocked := _blocked(device):
+    if blocked := _blocked(row):
         return blocked
+    device = TOTPDevice.objects.filter(user=user).first()
+    if device is None:
+        return Outcome(Result.ABSENT)  # keys only: no code can be right, none is a guess
     secret = read_secret(request, user, device)
     if secret is None:
         return Outcome(Result.UNREADABLE)
     step = totp.matching_step(secret, code, totp.now(), settings.VALID_WINDOW)
     if step is None:
-        return _failed(request, user, device, "wrong code", "totp")
-    # The replay guard, the back-off and the reset of the failure count in one statement: of
-    # any number of requests racing with this code, on any number of processes, exactly one
-    # sees a row to update.
-    with transaction.atomic():
-        accepted = (
-            _usable(device.pk, _now())
-            .filter(last_used_step__lt=step)
-            .update(last_used_step=step, failure_count=0, blocked_until=None)
-        )
-        if accepted and on_accept is not None:
-            on_accept()
-    if accepted:
-        return Outcome(Result.OK)
-    device = _device(user)
-    if device is None:
-        return Outcome(Result.GONE)
-    if blocked := _blocked(device):
-        return blocked
-    # A correct code of a step already used: refused, recorded, but not counted as a guess.
-    record(request, user, Kind.MFA_FAILED, detail="code already used")
-    signals.send(signals.verification_failed, request, user, method="totp", reason="replay")
-    return Outcome(Result.REPLAY)
-
-
-class _Refused(Exception):
-    """Rolls back a half-done acceptance."""
-
-    def __init__(self, outcome: "Outcome | None" = None):
-        self.outcome = outcome
+        return _failed(request, user, row, "wrong code", "totp")
+    try:
+        with transaction.atomic():
+            # The back-off (first: every acceptance locks the TwoFactor row before its
+            # factor's row), then the replay guard: of any number of requests racing with this
+            # code, on any number of processes, exactly one finds a step to move forward.
+            _accept(row, user, _now())
+            if not TOTPDevice.objects.filter(pk=device.pk, last_used_step__lt=step).update(
+                last_used_step=step
+            ):
+                raise _Refused()
+            if on_accept is not None:
+                on_accept()
+    except _Refused as refused:
+        if refused.outcome is not None:
+            return refused.outcome
+        # A correct code of a step already used: refused, recorded, not counted as a guess.
+        record(request, user, Kind.MFA_FAILED, detail="code already used")
+        signals.send(signals.verification_failed, request, user, method="totp", reason="replay")
+        return Outcome(Result.REPLAY)
+    return Outcome(Result.OK)
 
 
 @sensitive_variables()
@@ -566,32 +590,32 @@ def verify_recovery_code(
     on_accept: OnAccept | None = None,
 ) -> Outcome:
     """Check a parsed recovery code with one Argon2 verification and, if right, use it up."""
-    device = _device(user)
-    if device is None:
+    row = _two_factor(user)
+    if row is None:
         return Outcome(Result.GONE)
-    if blocked := _blocked(device):
+    if blocked := _blocked(row):
         return blocked
     # Used codes are kept (until the next regeneration), so a code used a moment ago is found,
     # verified like any other, and answered as a replay rather than counted as a guess.
-    row = (
+    stored = (
         RecoveryCode.objects.filter(user=user, selector__in=parsed.selectors)
         .only("pk", "code_hash", "used_at")
         .first()
     )
-    if not recovery.verify(row.code_hash if row else None, parsed):
-        return _failed(request, user, device, "wrong recovery code", "recovery code")
+    if not recovery.verify(stored.code_hash if stored else None, parsed):
+        return _failed(request, user, row, "wrong recovery code", "recovery code")
     now = _now()
     try:
         with transaction.atomic():
-            if row.used_at is not None:
+            if stored.used_at is not None:
                 raise _Refused()
             # A success, like a TOTP code: the failure budget starts over; but not while the
             # account is backed off or locked, which may have happened since the check above.
-            if not _usable(device.pk, now).update(failure_count=0, blocked_until=None):
-                device = _device(user)
-                raise _Refused(_blocked(device) if device else Outcome(Result.GONE))
+            _accept(row, user, now)
             # One-time: of any number of requests racing with this code, one updates the row.
-            if not RecoveryCode.objects.filter(pk=row.pk, used_at__isnull=True).update(used_at=now):
+            if not RecoveryCode.objects.filter(pk=stored.pk, used_at__isnull=True).update(
+                used_at=now
+            ):
                 raise _Refused()
             # In the same transaction as the code's use and the login: all of it or none.
             remaining = unused_code_count(user)
@@ -612,9 +636,9 @@ def verify_recovery_code(
 
 
 def webauthn_binding(request: HttpRequest) -> Any:
-    """What ties a login's challenge to this pending login: its marker's time and device."""
+    """What ties a login's challenge to this pending login: its marker's time and row."""
     marker = request.session.get(PENDING_KEY)
-    return [marker.get("at"), marker.get("device")] if isinstance(marker, dict) else None
+    return [marker.get("at"), marker.get("2fa")] if isinstance(marker, dict) else None
 
 
 def verify_webauthn(
@@ -625,13 +649,13 @@ def verify_webauthn(
 ) -> Outcome:
     """Check a security key's assertion for the pending login, and accept it once.
 
-    The same rules as a code: the device row's back-off before any check, every failure
+    The same rules as a code: the TwoFactor row's back-off before any check, every failure
     counted on it, and ``on_accept`` in the transaction that accepts the assertion.
     """
-    device = _device(user)
-    if device is None:
+    row = _two_factor(user)
+    if row is None:
         return Outcome(Result.GONE)
-    if blocked := _blocked(device):
+    if blocked := _blocked(row):
         return blocked
     # Taken out first, whatever follows: a challenge answers one request at most.
     challenge = ceremonies.take_challenge(
@@ -646,25 +670,23 @@ def verify_webauthn(
         user=user, credential_id=ceremonies.credential_key(credential.raw_id)
     ).first()
     if key is None:
-        return _failed(request, user, device, "unknown security key", KEY)
+        return _failed(request, user, row, "unknown security key", KEY)
     try:
         verified = ceremonies.verify_assertion(credential, challenge, bytes(key.public_key))
     except ceremonies.Rejected as exc:
-        return _failed(request, user, device, f"security key rejected ({exc})", KEY)
+        return _failed(request, user, row, f"security key rejected ({exc})", KEY)
     count = verified.new_sign_count
     if (count or key.sign_count) and count <= key.sign_count:
         # WebAuthn 7.2 step 22: a counter that does not grow in a signed assertion means two
         # copies of the key exist. Refused, and reported apart from a mere wrong answer.
         record(request, user, Kind.KEY_CLONED, detail=f"counter {count} after {key.sign_count}")
         notify.send(user, Kind.KEY_CLONED)
-        return _failed(request, user, device, "security key counter went back", KEY)
+        return _failed(request, user, row, "security key counter went back", KEY)
     digest = ceremonies.challenge_digest(challenge)
     now = _now()
     try:
         with transaction.atomic():
-            if not _usable(device.pk, now).update(failure_count=0, blocked_until=None):
-                device = _device(user)
-                raise _Refused(_blocked(device) if device else Outcome(Result.GONE))
+            _accept(row, user, now)
             # One acceptance per assertion, even for requests racing in one session: the row
             # still holds the count this check read, and not this challenge.
             used = (
@@ -739,8 +761,10 @@ def begin_enrolment(request: HttpRequest, user: Any) -> tuple[str, bool]:
 def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] | None:
     """Save the session's secret if ``code`` proves the user has it; return recovery codes.
 
-    Returns None if the code is wrong (nothing is written). A user who already has 2FA
-    cannot replace it here: ``disable`` first, with the password and a current code.
+    Returns None if the code is wrong (nothing is written). For a user whose 2FA this turns
+    on, returns their first recovery codes; for one who has it already with security keys,
+    an empty list (their recovery codes stay). A user who has an app cannot replace it here:
+    ``disable`` first, with the password and a current code.
     """
     token = request.session.get(ENROL_KEY)
     if not token:
@@ -753,7 +777,8 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
     if step is None:
         return None
     with transaction.atomic():
-        device, created = TOTPDevice.objects.get_or_create(
+        turned_on = _turn_on(user)
+        _device, created = TOTPDevice.objects.get_or_create(
             user=user,
             defaults={
                 # Encrypted afresh: the primary key may have changed since enrolment began.
@@ -763,16 +788,44 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
             },
         )
         if not created:
-            return None
-        codes = _replace_recovery_codes(user)
+            return None  # an app confirmed meanwhile, in another tab: it had a TwoFactor row
+        codes = _replace_recovery_codes(user) if turned_on else []
     del request.session[ENROL_KEY]
-    # The code just proved the new factor: this session has used it (``mfa_required``).
+    factor_added(request, user, TOTP, turned_on)
+    return codes
+
+
+def _turn_on(user: Any) -> bool:
+    """Make sure ``user`` has a TwoFactor row (inside the new factor's transaction); return
+    whether this created it, i.e. whether 2FA is turning on now."""
+    _row, created = TwoFactor.objects.get_or_create(user=user)
+    return created
+
+
+def turn_on_with_key(user: Any) -> list[str] | None:
+    """Called in the transaction that saves a user's security key: turn 2FA on if it was off.
+
+    Returns the first recovery codes when this turned it on, None when it was on already.
+    """
+    return _replace_recovery_codes(user) if _turn_on(user) else None
+
+
+def factor_added(request: HttpRequest, user: Any, method: str, turned_on: bool) -> None:
+    """What follows a new factor's commit: the session has used it, the audit, the notice.
+
+    ``turned_on``: this factor turned 2FA on (ENABLED), else it joined the others.
+    """
+    # The factor was just proved: this session has used it (``mfa_required``).
     request.session[VERIFIED_AT_KEY] = int(totp.now())
     _offer_end_sessions(request)
-    record(request, user, Kind.ENABLED)
-    signals.send(signals.two_factor_enabled, request, user)
-    notify.send(user, Kind.ENABLED)
-    return codes
+    if turned_on:
+        record(request, user, Kind.ENABLED, detail=method)
+        signals.send(signals.two_factor_enabled, request, user)
+        notify.send(user, Kind.ENABLED)
+    signals.send(signals.factor_added, request, user, method=method)
+    if method == TOTP and not turned_on:
+        record(request, user, Kind.APP_ADDED)
+        notify.send(user, Kind.APP_ADDED)
 
 
 @sensitive_variables()
@@ -803,6 +856,7 @@ def regenerate_recovery_codes(request: HttpRequest, user: Any) -> list[str]:
 
 def _remove(user: Any) -> None:
     with transaction.atomic():
+        TwoFactor.objects.filter(user=user).delete()
         TOTPDevice.objects.filter(user=user).delete()
         RecoveryCode.objects.filter(user=user).delete()
         # Turned off or reset: no browser may skip a second factor enrolled later.
@@ -811,7 +865,8 @@ def _remove(user: Any) -> None:
 
 
 def disable(request: HttpRequest, user: Any) -> None:
-    """Remove the user's secret and recovery codes (after re-authentication by the view)."""
+    """Turn 2FA off: remove every factor and recovery code (after re-authentication by the
+    view). The only way a user's last factor goes."""
     _remove(user)
     _offer_end_sessions(request)
     record(request, user, Kind.DISABLED)
@@ -843,7 +898,7 @@ def unlock(user: Any, actor: str, request: HttpRequest | None = None) -> bool:
     failure counted since the last success).
     """
     changed = (
-        TOTPDevice.objects.filter(user=user)
+        TwoFactor.objects.filter(user=user)
         .filter(
             Q(failure_count__gt=0) | Q(blocked_until__isnull=False) | Q(locked_at__isnull=False)
         )

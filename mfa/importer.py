@@ -38,7 +38,7 @@ from django.db import connection, transaction
 
 from . import crypto, flows, notify, recovery, totp
 from .conf import settings
-from .models import RecoveryCode, SecurityEvent, TOTPDevice
+from .models import RecoveryCode, SecurityEvent, TOTPDevice, TwoFactor
 from .redact import sensitive
 
 __all__ = ["SOURCES", "Report", "SourceMissing", "run"]
@@ -291,14 +291,18 @@ def _import_user(
 @sensitive
 def _save(source: str, user: Any, device: _Device, secret: str, codes: list[RecoveryCode]) -> bool:
     with transaction.atomic():
-        _row, created = TOTPDevice.objects.get_or_create(
+        # The TwoFactor row first, as every path that turns 2FA on makes it; has_2fa() above
+        # said there was none, so only a concurrent enrolment can have made one meanwhile.
+        _two_factor, turned_on = TwoFactor.objects.get_or_create(user=user)
+        _device, created = TOTPDevice.objects.get_or_create(
             user=user,
             defaults={
                 "encrypted_secret": crypto.encrypt_secret(secret, user.pk),
                 "last_used_step": device.last_t,
             },
         )
-        if not created:
+        if not (created and turned_on):
+            transaction.set_rollback(True)
             return False
         for code in codes:
             code.user = user

@@ -1,8 +1,9 @@
-"""What the server keeps: an encrypted secret, hashed recovery codes, security keys' public
-keys, and an audit trail."""
+"""What the server keeps: whether 2FA is on, an encrypted secret, hashed recovery codes,
+security keys' public keys, and an audit trail."""
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 __all__ = [
@@ -10,20 +11,49 @@ __all__ = [
     "RememberedBrowser",
     "SecurityEvent",
     "TOTPDevice",
+    "TwoFactor",
     "UserSession",
     "WebAuthnCredential",
 ]
 
 
+class TwoFactor(models.Model):
+    """That a user has two-factor authentication on, and the back-off that guards it.
+
+    The row is created with the user's first confirmed factor (an authenticator app or a
+    security key) and deleted when 2FA is turned off or reset; ``mfa.flows.has_2fa`` asks for
+    it and nothing else. Every factor's failures count here, so the app, the recovery codes and
+    the keys share one budget: trying another factor does not buy more guesses. A pending
+    login names this row, so one begun before a reset cannot be finished with a factor enrolled
+    after it. The failure fields change only by conditional UPDATEs or under a row lock
+    (``mfa.flows``, ``mfa.throttle``), so they hold across processes, restarts and cache flushes.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mfa_two_factor"
+    )
+    enabled_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Consecutive failed second-factor attempts, of any factor.
+    failure_count = models.PositiveIntegerField(default=0)
+    blocked_until = models.DateTimeField(null=True, blank=True)
+    locked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("two-factor authentication")
+        verbose_name_plural = _("two-factor authentication")
+
+    def __str__(self) -> str:
+        return f"two-factor authentication of {self.user}"
+
+
 class TOTPDevice(models.Model):
-    """A user's confirmed authenticator, and the state that guards it.
+    """A user's confirmed authenticator app (one at most).
 
     A row exists only once the user has proved the secret with a working code; enrolment in
     progress lives in the session. The secret is Fernet ciphertext bound to the user (see
-    ``mfa.crypto``). ``last_used_step`` is the replay guard and the failure fields are the
-    database back-off: both are changed only by conditional UPDATEs or under a row lock
-    (``mfa.flows``, ``mfa.throttle``), so they hold across processes, restarts and cache
-    flushes.
+    ``mfa.crypto``). ``last_used_step`` is the replay guard, changed only by a conditional
+    UPDATE (``mfa.flows``). The back-off lives on ``TwoFactor``, which every user with a row
+    here also has.
     """
 
     user = models.OneToOneField(
@@ -33,14 +63,10 @@ class TOTPDevice(models.Model):
     # The time step of the last accepted code; only newer steps are accepted.
     last_used_step = models.BigIntegerField(default=-1, editable=False)
     confirmed_at = models.DateTimeField(auto_now_add=True)
-    # Consecutive failed second-factor attempts (TOTP and recovery codes share the budget).
-    failure_count = models.PositiveIntegerField(default=0)
-    blocked_until = models.DateTimeField(null=True, blank=True)
-    locked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        verbose_name = _("two-factor authenticator")
-        verbose_name_plural = _("two-factor authenticators")
+        verbose_name = _("authenticator app")
+        verbose_name_plural = _("authenticator apps")
 
     def __str__(self) -> str:
         return f"TOTP for {self.user}"
@@ -67,7 +93,7 @@ class RecoveryCode(models.Model):
 
 
 class WebAuthnCredential(models.Model):
-    """A security key or passkey: an additional second factor of a user who has TOTP.
+    """A security key or passkey: a second factor, beside or instead of the authenticator app.
 
     Nothing here is secret: the public key is kept as the authenticator gave it (COSE), and
     the credential id is unique across users, so an assertion names one user's key only.
@@ -130,6 +156,7 @@ class SecurityEvent(models.Model):
         KEY_REMOVED = "key_removed", _("Security key removed")
         KEY_USED = "key_used", _("Signed in with a security key")
         KEY_CLONED = "key_cloned", _("Security key's counter went back: possibly cloned")
+        APP_ADDED = "app_added", _("Authenticator app added")
 
     # SET_NULL: deleting a user keeps their audit trail.
     user = models.ForeignKey(

@@ -2,7 +2,13 @@
 
 Every signal is sent with ``sender`` = the user's class and these keyword arguments:
 
-- ``two_factor_enabled(request, user)``: a second factor was confirmed (enrolment).
+- ``two_factor_enabled(request, user)``: 2FA was turned on, by the user's first factor (an
+  authenticator app or a security key).
+- ``factor_added(request, user, method)``: a factor was added (also the first, after
+  ``two_factor_enabled``); ``method`` is ``"totp"`` or ``"security key"``.
+- ``factor_removed(request, user, method)``: one security key was removed, by its owner or an
+  administrator (``request`` is then the administrator's), while 2FA stays on. Turning 2FA
+  off removes every factor and sends ``two_factor_disabled`` only.
 - ``two_factor_disabled(request, user, actor)``: it was removed; ``actor`` is None when the
   user turned it off, or the administrator's description (``flows.reset``). For a reset,
   ``request`` is the administrator's (its ``user`` is not ``user``), or None outside a
@@ -36,6 +42,8 @@ from django.db import transaction
 from django.dispatch import Signal
 
 __all__ = [
+    "factor_added",
+    "factor_removed",
     "locked",
     "login_verified",
     "recovery_code_used",
@@ -50,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 two_factor_enabled = Signal()
 two_factor_disabled = Signal()
+factor_added = Signal()
+factor_removed = Signal()
 login_verified = Signal()
 verification_failed = Signal()
 recovery_code_used = Signal()

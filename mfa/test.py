@@ -44,7 +44,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest
 
 from . import crypto, flows, totp
-from .models import TOTPDevice
+from .models import TOTPDevice, TwoFactor
 
 __all__ = ["Enrolment", "averified_login", "enrol", "verified_login"]
 
@@ -69,6 +69,7 @@ def enrol(user: Any, secret: str | None = None) -> Enrolment:
     """Give ``user`` a confirmed TOTP second factor and fresh recovery codes (no views, no
     audit event, no email), as a finished enrolment leaves them."""
     secret = secret or totp.generate_secret()
+    TwoFactor.objects.create(user=user)
     TOTPDevice.objects.create(user=user, encrypted_secret=crypto.encrypt_secret(secret, user.pk))
     return Enrolment(user, secret, flows._replace_recovery_codes(user))
 

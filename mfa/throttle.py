@@ -4,11 +4,11 @@
    account, one username or one address may make. Cheap, shared by every process when the
    cache is Redis, and forgotten when the cache is flushed. On Redis every counter of a
    request is counted in one round trip; any other cache is counted by django-ratelimit.
-2. Consecutive failures, on the user's ``TOTPDevice`` row: after ``MFA_BACKOFF_AFTER`` of them
-   every second-factor attempt, even a correct one, is refused for a back-off that doubles
-   with each further failure; at ``MFA_LOCKOUT_AFTER`` only an administrator can unlock. This
-   layer lives in the database, so restarts, cache flushes, new sessions and new addresses
-   change nothing.
+2. Consecutive failures, on the user's ``TwoFactor`` row (every factor counts there): after
+   ``MFA_BACKOFF_AFTER`` of them every second-factor attempt, even a correct one, is refused
+   for a back-off that doubles with each further failure; at ``MFA_LOCKOUT_AFTER`` only an
+   administrator can unlock. This layer lives in the database, so restarts, cache flushes, new
+   sessions and new addresses change nothing.
 
 If the cache is unreachable the first layer fails open, loudly in the log: logins keep working
 and the second layer still bounds an attacker to a handful of guesses an hour.
@@ -30,7 +30,7 @@ from django.utils.crypto import salted_hmac
 from django_ratelimit.core import get_usage
 
 from .conf import settings
-from .models import TOTPDevice
+from .models import TwoFactor
 
 __all__ = [
     "Check",
@@ -220,12 +220,12 @@ def backoff_seconds(failures: int) -> int:
     return min(settings.BACKOFF_BASE * 2 ** min(over, 32), settings.BACKOFF_MAX)
 
 
-def blocked_for(device: TOTPDevice, now: datetime) -> Limited | None:
-    """Return a refusal if the device is locked or backed off at ``now``."""
-    if device.locked_at is not None:
+def blocked_for(row: TwoFactor, now: datetime) -> Limited | None:
+    """Return a refusal if the user's second factor is locked or backed off at ``now``."""
+    if row.locked_at is not None:
         return Limited(retry_after=settings.BACKOFF_MAX, locked=True)
-    if device.blocked_until is not None and device.blocked_until > now:
-        return Limited(retry_after=max(int((device.blocked_until - now).total_seconds()), 1))
+    if row.blocked_until is not None and row.blocked_until > now:
+        return Limited(retry_after=max(int((row.blocked_until - now).total_seconds()), 1))
     return None
 
 
@@ -233,28 +233,28 @@ def blocked_for(device: TOTPDevice, now: datetime) -> Limited | None:
 class Failure:
     """A counted failure: the row after it, and whether the account was already refusing."""
 
-    device: TOTPDevice
+    row: TwoFactor
     # Set when the row was already backed off or locked as this failure was counted: the
     # attempt got past the early check while a concurrent one started the back-off.
     refused: Limited | None
 
 
-def record_failure(device_pk: int, now: datetime) -> Failure | None:
-    """Count one failed attempt on the device, atomically; None if the device is gone.
+def record_failure(row_pk: int, now: datetime) -> Failure | None:
+    """Count one failed attempt on the TwoFactor row, atomically; None if the row is gone.
 
     The row lock (SELECT ... FOR UPDATE on PostgreSQL; an IMMEDIATE transaction on SQLite)
     serialises concurrent failures, so none is lost and each sees the count it produced.
     """
     with transaction.atomic():
-        device = TOTPDevice.objects.select_for_update().filter(pk=device_pk).first()
-        if device is None:
+        row = TwoFactor.objects.select_for_update().filter(pk=row_pk).first()
+        if row is None:
             return None
-        refused = blocked_for(device, now)
-        device.failure_count += 1
-        delay = backoff_seconds(device.failure_count)
+        refused = blocked_for(row, now)
+        row.failure_count += 1
+        delay = backoff_seconds(row.failure_count)
         if delay:
-            device.blocked_until = now + timedelta(seconds=delay)
-        if device.failure_count >= settings.LOCKOUT_AFTER and device.locked_at is None:
-            device.locked_at = now
-        device.save(update_fields=["failure_count", "blocked_until", "locked_at"])
-    return Failure(device, refused)
+            row.blocked_until = now + timedelta(seconds=delay)
+        if row.failure_count >= settings.LOCKOUT_AFTER and row.locked_at is None:
+            row.locked_at = now
+        row.save(update_fields=["failure_count", "blocked_until", "locked_at"])
+    return Failure(row, refused)

@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
 from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
@@ -29,7 +30,7 @@ from .forms import (
     ReauthForm,
     username_key,
 )
-from .models import RememberedBrowser, SecurityEvent, TOTPDevice, WebAuthnCredential
+from .models import RememberedBrowser, SecurityEvent, TOTPDevice, TwoFactor, WebAuthnCredential
 from .pages import render
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ Result = flows.Result
 # HEAD is answered as GET, without the body (uptime checks, link previews).
 GET_POST = require_http_methods(["GET", "HEAD", "POST"])
 # How a login's second step was made, as the audit trail records it.
-TOTP, RECOVERY = "totp", "recovery code"
+TOTP, RECOVERY = flows.TOTP, flows.RECOVERY
+# A 6-digit code from a user with security keys only (``Result.ABSENT``: not counted).
+NO_APP = _lazy("This account has no authenticator app: use your security key or a recovery code.")
 
 
 # --- Helpers --------------------------------------------------------------------------------
@@ -124,8 +127,8 @@ def login_view(request: HttpRequest) -> HttpResponse:
             return too_many(request, limited)
         if form.is_valid():
             user = form.get_user()
-            if (device := flows.device_pk(user)) is not None:
-                return _after_password(request, user, next_url, device)
+            if (row := flows.two_factor_pk(user)) is not None:
+                return _after_password(request, user, next_url, row)
             flows.complete_login(request, user, method="password")
             return HttpResponseRedirect(next_url)
         flows.record(request, None, Kind.PASSWORD_FAILED)
@@ -137,7 +140,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _after_password(request: HttpRequest, user: Any, next_url: str, device: int) -> HttpResponse:
+def _after_password(request: HttpRequest, user: Any, next_url: str, row: int) -> HttpResponse:
     """Send a user with 2FA to the code step, unless this browser is remembered for them.
 
     Only ever after the password was found right: a remembered browser skips the code, never
@@ -147,7 +150,7 @@ def _after_password(request: HttpRequest, user: Any, next_url: str, device: int)
     if known.browser is not None and flows.login_remembered(request, user, known.browser):
         response = HttpResponseRedirect(next_url)
     else:
-        flows.begin_pending_login(request, user, next_url, device)
+        flows.begin_pending_login(request, user, next_url, row)
         response = redirect_with_next("mfa:verify", next_url)
     if known.drop_cookie:
         remember.delete_cookie(response)
@@ -220,8 +223,10 @@ def _step_context(
         "remember_ticked": _remember_ticked(request),
     }
     if keys:
-        # Offered only to a user who has a key (mfa.webauthn.views).
+        # Offered only to a user who has a key (mfa.webauthn.views); the code field only to
+        # one who has an app (a user with keys only has a key and recovery codes).
         context["has_keys"] = WebAuthnCredential.objects.filter(user=user).exists()
+        context["has_app"] = flows.has_app(user)
     return context
 
 
@@ -231,6 +236,8 @@ def _remember_ticked(request: HttpRequest) -> bool:
 
 
 def _code_error(outcome: flows.Outcome, method: str) -> str:
+    if outcome.result is Result.ABSENT:
+        return NO_APP
     if method == RECOVERY:
         if outcome.result is Result.REPLAY:
             return _("That recovery code has already been used. Each one works once.")
@@ -340,7 +347,9 @@ def _reauth(
                 if outcome is not None and outcome.result is Result.GONE:
                     messages.info(request, _("Two-factor authentication is off."))
                     return redirect("mfa:security")
-                if outcome is not None and outcome.result is Result.REPLAY:
+                if outcome is not None and outcome.result is Result.ABSENT:
+                    form.add_error(None, NO_APP)
+                elif outcome is not None and outcome.result is Result.REPLAY:
                     # The password was right (checked above) and so was the code, once: say
                     # so, or the user hunts for a typo (a code just used to sign in).
                     form.add_error(
@@ -400,13 +409,14 @@ def disable_view(request: HttpRequest) -> HttpResponse:
 @verified_if_enrolled
 def security_view(request: HttpRequest) -> HttpResponse:
     user = request.user
-    device = TOTPDevice.objects.filter(user=user).first()
-    codes_left = flows.unused_code_count(user) if device else 0
+    two_factor = TwoFactor.objects.filter(user=user).first()
+    codes_left = flows.unused_code_count(user) if two_factor else 0
     context = {
-        "device": device,
+        "two_factor": two_factor,
+        "device": TOTPDevice.objects.filter(user=user).first() if two_factor else None,
         "codes_left": codes_left,
-        "codes_low": device is not None and codes_left <= settings.RECOVERY_CODES_LOW,
-        "keys": WebAuthnCredential.objects.filter(user=user) if device else [],
+        "codes_low": two_factor is not None and codes_left <= settings.RECOVERY_CODES_LOW,
+        "keys": WebAuthnCredential.objects.filter(user=user) if two_factor else [],
         "events": SecurityEvent.objects.filter(user=user)[: settings.EVENTS_SHOWN],
         "other_sessions": sessions.count_others(request),
         "offer_end_sessions": request.session.get(flows.OFFER_END_SESSIONS_KEY, False),

@@ -19,7 +19,7 @@ from django.test import Client
 
 from mfa import crypto, flows, totp
 from mfa import test as mfa_test
-from mfa.models import TOTPDevice
+from mfa.models import TOTPDevice, TwoFactor
 
 PASSWORD = "correct horse battery staple"
 # Not a round number of steps, so "the code now" and "the code 30 s ago" differ.
@@ -85,6 +85,11 @@ class Enrolled:
     @property
     def device(self) -> TOTPDevice:
         return TOTPDevice.objects.get(user=self.user)
+
+    @property
+    def two_factor(self) -> TwoFactor:
+        """The user's TwoFactor row: where the back-off of every factor is counted."""
+        return TwoFactor.objects.get(user=self.user)
 
 
 def enrol(user, secret: str | None = None) -> Enrolled:

@@ -10,15 +10,15 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, UserSession
+from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, TwoFactor, UserSession
 from tests.conftest import is_logged_in, logged_in_as, make_user
 
 pytestmark = pytest.mark.django_db
 
 Kind = SecurityEvent.Kind
-DEVICES = "/admin/mfa/totpdevice/"
+DEVICES = "/admin/mfa/twofactor/"
 USERS = "/admin/auth/user/"
-PERMISSIONS = ["view_totpdevice", "delete_totpdevice", "change_totpdevice"]
+PERMISSIONS = ["view_twofactor", "delete_twofactor", "change_twofactor"]
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_device_delete_view_needs_change_permission_and_superuser_for_superuser(
     victims_session = logged_in_as(victim)
     staff = make_user("staff", staff=True, perms=[perm])
     client = logged_in_as(staff)
-    url = f"{DEVICES}{victim.device.pk}/delete/"
+    url = f"{DEVICES}{victim.two_factor.pk}/delete/"
     assert client.get(url).status_code == 403
     assert client.post(url, {"post": "yes"}).status_code == 403
     assert intact(victim)
@@ -73,26 +73,26 @@ def test_bulk_delete_needs_change_permission_and_superuser_for_superuser(
     victim = request.getfixturevalue(target)
     staff = make_user("staff", staff=True, perms=[perm])
     client = logged_in_as(staff)
-    data = {"action": "delete_selected", "_selected_action": [victim.device.pk], "post": "yes"}
+    data = {"action": "delete_selected", "_selected_action": [victim.two_factor.pk], "post": "yes"}
     response = client.post(DEVICES, data)
     assert response.status_code in (200, 302, 403)
     assert intact(victim)
 
 
 def test_delete_and_change_permissions_delete_a_normal_users_device(clock, root, alice):
-    staff = make_user("staff", staff=True, perms=["delete_totpdevice", "change_totpdevice"])
+    staff = make_user("staff", staff=True, perms=["delete_twofactor", "change_twofactor"])
     client = logged_in_as(staff)
-    url = f"{DEVICES}{root.device.pk}/delete/"
+    url = f"{DEVICES}{root.two_factor.pk}/delete/"
     assert client.get(url).status_code == 403
     assert client.post(url, {"post": "yes"}).status_code == 403
-    data = {"action": "delete_selected", "_selected_action": [root.device.pk], "post": "yes"}
+    data = {"action": "delete_selected", "_selected_action": [root.two_factor.pk], "post": "yes"}
     assert client.post(DEVICES, data).status_code == 403
     # Hidden among others, the superuser still refuses the whole batch.
-    data["_selected_action"] = [alice.device.pk, root.device.pk]
+    data["_selected_action"] = [alice.two_factor.pk, root.two_factor.pk]
     assert client.post(DEVICES, data).status_code == 403
     assert intact(root) and intact(alice)
 
-    url = f"{DEVICES}{alice.device.pk}/delete/"
+    url = f"{DEVICES}{alice.two_factor.pk}/delete/"
     assert client.get(url).status_code == 200
     assert client.post(url, {"post": "yes"}).status_code == 302
     assert not TOTPDevice.objects.filter(user=alice.user).exists()
@@ -108,18 +108,18 @@ def run_action(client, url: str, action: str, pks):
     return client.post(url, {"action": action, "_selected_action": list(pks)}, follow=True)
 
 
-@pytest.mark.parametrize("perm", ["view_totpdevice", "delete_totpdevice"])
+@pytest.mark.parametrize("perm", ["view_twofactor", "delete_twofactor"])
 @pytest.mark.parametrize("action", ["reset_two_factor", "unlock_two_factor"])
 @pytest.mark.parametrize("target", ["root", "alice"])
 def test_device_actions_need_change_permission(clock, request, perm, action, target):
     victim = request.getfixturevalue(target)
-    TOTPDevice.objects.filter(user=victim.user).update(failure_count=5)
+    TwoFactor.objects.filter(user=victim.user).update(failure_count=5)
     staff = make_user("staff", staff=True, perms=[perm])
     client = logged_in_as(staff)
-    response = run_action(client, DEVICES, action, [victim.device.pk])
+    response = run_action(client, DEVICES, action, [victim.two_factor.pk])
     assert response.status_code in (200, 403)
     assert intact(victim)
-    assert victim.device.failure_count == 5
+    assert victim.two_factor.failure_count == 5
 
 
 @pytest.mark.parametrize("url", [DEVICES, USERS])
@@ -127,19 +127,19 @@ def test_device_actions_need_change_permission(clock, request, perm, action, tar
 def test_change_permission_resets_and_unlocks_a_normal_user_only(clock, root, alice, url, action):
     roots_session = logged_in_as(root)
     for enrolled in (root, alice):
-        TOTPDevice.objects.filter(user=enrolled.user).update(failure_count=5)
-    staff = make_user("staff", staff=True, perms=["change_totpdevice", "view_user"])
+        TwoFactor.objects.filter(user=enrolled.user).update(failure_count=5)
+    staff = make_user("staff", staff=True, perms=["change_twofactor", "view_user"])
     client = logged_in_as(staff)
 
     def pks(*enrolled):
-        return [e.user.pk if url == USERS else e.device.pk for e in enrolled]
+        return [e.user.pk if url == USERS else e.two_factor.pk for e in enrolled]
 
     for selection in (pks(root), pks(alice, root)):
         response = run_action(client, url, action, selection)
         assert response.status_code == 200
         assert any("Only a superuser" in m for m in messages_of(response))
         assert intact(root) and intact(alice)
-        assert root.device.failure_count == 5 and alice.device.failure_count == 5
+        assert root.two_factor.failure_count == 5 and alice.two_factor.failure_count == 5
         assert is_logged_in(roots_session)
 
     response = run_action(client, url, action, pks(alice))
@@ -147,14 +147,14 @@ def test_change_permission_resets_and_unlocks_a_normal_user_only(clock, root, al
     if action == "reset_two_factor":
         assert not TOTPDevice.objects.filter(user=alice.user).exists()
     else:
-        assert alice.device.failure_count == 0
+        assert alice.two_factor.failure_count == 0
     assert intact(root)
 
 
 @pytest.mark.parametrize("action", ["reset_two_factor", "unlock_two_factor"])
 def test_user_admin_change_user_permission_alone_is_not_enough(clock, alice, action):
     # The rule asks for the device's change permission, whichever admin the action runs from.
-    TOTPDevice.objects.filter(user=alice.user).update(failure_count=5)
+    TwoFactor.objects.filter(user=alice.user).update(failure_count=5)
     staff = make_user("staff", staff=True, perms=["change_user"])
     client = logged_in_as(staff)
     page = client.get(USERS)
@@ -162,7 +162,7 @@ def test_user_admin_change_user_permission_alone_is_not_enough(clock, alice, act
     form = page.context["action_form"]  # None when no action at all is offered
     assert form is None or action not in dict(form.fields["action"].choices)
     run_action(client, USERS, action, [alice.user.pk])
-    assert intact(alice) and alice.device.failure_count == 5
+    assert intact(alice) and alice.two_factor.failure_count == 5
 
 
 # --- deleting a user takes the device with it --------------------------------------------------
@@ -182,7 +182,7 @@ def test_deleting_a_user_needs_the_reset_rule(clock, request, target):
 
 
 def test_deleting_a_superuser_needs_a_superuser(clock, root):
-    perms = ["view_user", "delete_user", "delete_totpdevice", "change_totpdevice"]
+    perms = ["view_user", "delete_user", "delete_twofactor", "change_twofactor"]
     staff = make_user("staff", staff=True, perms=perms)
     client = logged_in_as(staff)
     assert client.post(f"{USERS}{root.user.pk}/delete/", {"post": "yes"}).status_code == 403
@@ -191,7 +191,7 @@ def test_deleting_a_superuser_needs_a_superuser(clock, root):
 
 @pytest.mark.parametrize("how", ["delete_view", "delete_selected"])
 def test_deleting_a_user_records_and_notifies_the_reset(clock, alice, mailoutbox, how):
-    perms = ["view_user", "delete_user", "delete_totpdevice", "change_totpdevice"]
+    perms = ["view_user", "delete_user", "delete_twofactor", "change_twofactor"]
     staff = make_user("staff", staff=True, perms=perms)
     client = logged_in_as(staff)
     pk = alice.user.pk
@@ -217,15 +217,15 @@ EVENTS = "/admin/mfa/securityevent/"
 def secret_filters(victim) -> list[tuple[str, str, str, str]]:
     """(changelist, lookup, a value that matches, one that does not) for each secret field.
 
-    The first two are local fields, which Django allows; the others cross a relation, which
-    Django refuses unless listed in ``list_filter``: kept so a new list filter cannot open them.
+    Each crosses a relation, which Django refuses unless listed in ``list_filter``: kept so that
+    a new list filter cannot open them.
     """
     token = victim.device.encrypted_secret
     code_hash = RecoveryCode.objects.filter(user=victim.user).first().code_hash
     session = UserSession.objects.first()  # the viewer's own
     return [
-        (DEVICES, "encrypted_secret__startswith", token[:8], "zzzz"),
-        (DEVICES, "last_used_step__gte", "-1", "99999999999"),
+        (DEVICES, "user__mfa_totp__encrypted_secret__startswith", token[:8], "zzzz"),
+        (DEVICES, "user__mfa_totp__last_used_step__gte", "-1", "99999999999"),
         (DEVICES, "user__password__startswith", victim.user.password[:8], "zzzz"),
         (USERS, "mfa_totp__encrypted_secret__startswith", token[:8], "zzzz"),
         (USERS, "mfa_recovery_codes__code_hash__startswith", code_hash[:12], "zzzz"),
@@ -238,7 +238,7 @@ def secret_filters(victim) -> list[tuple[str, str, str, str]]:
 
 @pytest.mark.parametrize("index", range(9), ids=lambda i: f"filter{i}")
 def test_changelist_refuses_filters_on_secret_fields(clock, alice, index):
-    perms = ["view_totpdevice", "view_user", "view_securityevent"]
+    perms = ["view_twofactor", "view_user", "view_securityevent"]
     viewer = make_user("viewer", staff=True, perms=perms)
     client = logged_in_as(viewer)
     url, lookup, hit, miss = secret_filters(alice)[index]
@@ -250,8 +250,8 @@ def test_changelist_refuses_filters_on_secret_fields(clock, alice, index):
 
 
 def test_allowed_filters_still_work(clock, alice, root):
-    TOTPDevice.objects.filter(user=alice.user).update(locked_at=timezone.now())
-    viewer = make_user("viewer", staff=True, perms=["view_totpdevice"])
+    TwoFactor.objects.filter(user=alice.user).update(locked_at=timezone.now())
+    viewer = make_user("viewer", staff=True, perms=["view_twofactor"])
     client = logged_in_as(viewer)
     page = client.get(DEVICES, {"locked_at__isnull": "False"})
     assert page.status_code == 200

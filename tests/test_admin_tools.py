@@ -14,7 +14,7 @@ from django.contrib import admin
 from django.test import Client
 from django.utils import timezone
 
-from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice
+from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, TwoFactor
 from mfa.test import verified_login
 from tests.conftest import PASSWORD, enrol, full_login, is_logged_in, login_password
 
@@ -106,12 +106,12 @@ def test_device_changelist_shows_codes_left_failures_and_lock(
     enrol(bob)
     used = RecoveryCode.objects.filter(user=user_with_totp.user).order_by("pk")[:3]
     RecoveryCode.objects.filter(pk__in=[r.pk for r in used]).update(used_at=timezone.now())
-    TOTPDevice.objects.filter(user=user_with_totp.user).update(
+    TwoFactor.objects.filter(user=user_with_totp.user).update(
         failure_count=100, locked_at=timezone.now()
     )
-    TOTPDevice.objects.filter(user=bob).update(failure_count=3)
+    TwoFactor.objects.filter(user=bob).update(failure_count=3)
 
-    page = admin_client.get("/admin/mfa/totpdevice/", {"o": "1"})  # ordered by user
+    page = admin_client.get("/admin/mfa/twofactor/", {"o": "1"})  # ordered by user
     assert page.status_code == 200
     rows = dict(
         zip(
@@ -136,7 +136,7 @@ def test_user_changelist_shows_two_factor_state(
 ):
     carol = django_user_model.objects.create_user("carol", "carol@example.com", PASSWORD)
     enrol(carol)
-    TOTPDevice.objects.filter(user=carol).update(locked_at=timezone.now(), failure_count=100)
+    TwoFactor.objects.filter(user=carol).update(locked_at=timezone.now(), failure_count=100)
     page = admin_client.get("/admin/auth/user/", {"o": "1"})
     assert page.status_code == 200
     states = dict(zip(cell(page.text, "username"), cell(page.text, "two_factor"), strict=True))
@@ -146,13 +146,13 @@ def test_user_changelist_shows_two_factor_state(
 # --- actions --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("changelist", ["/admin/mfa/totpdevice/", "/admin/auth/user/"])
+@pytest.mark.parametrize("changelist", ["/admin/mfa/twofactor/", "/admin/auth/user/"])
 def test_unlock_action(admin_client, user_with_totp, mailoutbox, changelist, clock):
-    device = user_with_totp.device
-    TOTPDevice.objects.filter(pk=device.pk).update(
+    device = user_with_totp.two_factor
+    TwoFactor.objects.filter(pk=device.pk).update(
         failure_count=100, locked_at=timezone.now(), blocked_until=timezone.now()
     )
-    pk = device.pk if "totpdevice" in changelist else user_with_totp.user.pk
+    pk = device.pk if "twofactor" in changelist else user_with_totp.user.pk
     mailoutbox.clear()
     response = run_action(admin_client, changelist, "unlock_two_factor", [pk])
     assert response.status_code == 200
@@ -167,9 +167,9 @@ def test_unlock_action(admin_client, user_with_totp, mailoutbox, changelist, clo
     assert full_login(client, user_with_totp).status_code == 302
 
 
-@pytest.mark.parametrize("changelist", ["/admin/mfa/totpdevice/", "/admin/auth/user/"])
+@pytest.mark.parametrize("changelist", ["/admin/mfa/twofactor/", "/admin/auth/user/"])
 def test_reset_action(admin_client, user_with_totp, mailoutbox, changelist):
-    pk = user_with_totp.device.pk if "totpdevice" in changelist else user_with_totp.user.pk
+    pk = user_with_totp.two_factor.pk if "twofactor" in changelist else user_with_totp.user.pk
     mailoutbox.clear()
     response = run_action(admin_client, changelist, "reset_two_factor", [pk])
     assert response.status_code == 200
@@ -204,8 +204,8 @@ def test_actions_need_csrf(admin_client, user_with_totp):
     strict = Client(enforce_csrf_checks=True)
     strict.cookies = admin_client.cookies  # the admin's session, without the form's token
     response = strict.post(
-        "/admin/mfa/totpdevice/",
-        {"action": "reset_two_factor", "_selected_action": [str(user_with_totp.device.pk)]},
+        "/admin/mfa/twofactor/",
+        {"action": "reset_two_factor", "_selected_action": [str(user_with_totp.two_factor.pk)]},
     )
     assert response.status_code == 403
     assert TOTPDevice.objects.filter(user=user_with_totp.user).exists()
@@ -242,9 +242,9 @@ def test_no_admin_page_shows_a_secret(admin_client, user_with_totp, root):
     urls = [
         "/admin/",
         "/admin/mfa/",
-        "/admin/mfa/totpdevice/",
-        f"/admin/mfa/totpdevice/{device.pk}/change/",
-        f"/admin/mfa/totpdevice/{root.device.pk}/change/",
+        "/admin/mfa/twofactor/",
+        f"/admin/mfa/twofactor/{user_with_totp.two_factor.pk}/change/",
+        f"/admin/mfa/twofactor/{root.two_factor.pk}/change/",
         "/admin/mfa/securityevent/",
         "/admin/mfa/securityevent/?q=alice",
         f"/admin/mfa/securityevent/{event.pk}/change/",
@@ -252,7 +252,7 @@ def test_no_admin_page_shows_a_secret(admin_client, user_with_totp, root):
         f"/admin/auth/user/{user_pk}/change/",
         f"/admin/auth/user/{root.user.pk}/change/",
         f"/admin/auth/user/{user_pk}/history/",
-        f"/admin/mfa/totpdevice/{device.pk}/history/",
+        f"/admin/mfa/twofactor/{user_with_totp.two_factor.pk}/history/",
     ]
     registered = {model._meta.model_name for model in admin.site._registry}
     if "recoverycode" in registered:
@@ -267,13 +267,13 @@ def test_no_admin_page_shows_a_secret(admin_client, user_with_totp, root):
         for needle in needles:
             assert needle not in page.text, f"{url} shows a secret"
     # The device page has no way to edit the secret or the replay guard.
-    page = admin_client.get(f"/admin/mfa/totpdevice/{device.pk}/change/")
+    page = admin_client.get(f"/admin/mfa/twofactor/{user_with_totp.two_factor.pk}/change/")
     assert 'name="encrypted_secret"' not in page.text
     assert 'name="last_used_step"' not in page.text
 
 
 def test_admin_cannot_add_a_device(admin_client):
-    assert admin_client.get("/admin/mfa/totpdevice/add/").status_code == 403
+    assert admin_client.get("/admin/mfa/twofactor/add/").status_code == 403
 
 
 # --- who gets in ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 
 from mfa import crypto, flows, totp
-from mfa.models import TOTPDevice
+from mfa.models import TOTPDevice, TwoFactor
 from tests.conftest import (
     PASSWORD,
     Enrolled,
@@ -66,6 +66,7 @@ def generous_rates(settings):
 def user_with_totp(user):
     """Like conftest's, without the ten Argon2-hashed recovery codes (not used here)."""
     secret = totp.generate_secret()
+    TwoFactor.objects.create(user=user)
     TOTPDevice.objects.create(user=user, encrypted_secret=crypto.encrypt_secret(secret, user.pk))
     return Enrolled(user, secret, [])
 
@@ -99,7 +100,7 @@ def test_verify_bad_code(client, pending, raw):
     assert response.status_code == 400
     assert not is_logged_in(client)
     # Malformed input is not a guess: it does not count towards the back-off.
-    assert pending.device.failure_count == 0
+    assert pending.two_factor.failure_count == 0
 
 
 def test_verify_missing_field(client, pending):
@@ -202,6 +203,7 @@ BAD_LOGINS = {
 @pytest.mark.parametrize("with_2fa", [False, True], ids=["plain", "2fa"])
 def test_login_bad_input(client, clock, user, data, with_2fa):
     if with_2fa:
+        TwoFactor.objects.create(user=user)
         TOTPDevice.objects.create(
             user=user, encrypted_secret=crypto.encrypt_secret(totp.generate_secret(), user.pk)
         )

@@ -24,8 +24,9 @@ from django.test import Client
 from django.utils import timezone as django_timezone
 from django.views.debug import ExceptionReporter
 
-from mfa import flows, sessions, throttle, totp, views
-from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, UserSession
+from mfa import flows, sessions, throttle, totp
+from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, TwoFactor, UserSession
+from mfa.recovery import views as recovery_views
 from tests.conftest import (
     PASSWORD,
     T0,
@@ -45,7 +46,7 @@ SETUP = "/accounts/2fa/setup/"
 END_SESSIONS = "/accounts/security/end-sessions/"
 REGENERATE = "/accounts/2fa/recovery-codes/"
 USERS = "/admin/auth/user/"
-DEVICES = "/admin/mfa/totpdevice/"
+DEVICES = "/admin/mfa/twofactor/"
 NEW_PASSWORD = "an-entirely-new passphrase 42"
 
 
@@ -71,7 +72,7 @@ def page_messages(response) -> list[str]:
 def root(db):
     """A superuser with 2FA, locked out (so that "unlock" has something to do)."""
     enrolled = make_user("root", superuser=True)
-    TOTPDevice.objects.filter(user=enrolled.user).update(
+    TwoFactor.objects.filter(user=enrolled.user).update(
         failure_count=100, locked_at=datetime.datetime.fromtimestamp(T0, datetime.UTC)
     )
     return enrolled
@@ -79,7 +80,7 @@ def root(db):
 
 @pytest.mark.parametrize(
     ("url", "perm", "target"),
-    [(USERS, "view_user", "user"), (DEVICES, "view_totpdevice", "device")],
+    [(USERS, "view_user", "user"), (DEVICES, "view_twofactor", "device")],
 )
 def test_view_only_staff_cannot_reset_or_unlock(clock, root, url, perm, target):
     viewer = make_user("viewer", staff=True, perms=[perm])
@@ -87,10 +88,10 @@ def test_view_only_staff_cannot_reset_or_unlock(clock, root, url, perm, target):
     actions = offered_actions(client, url)
     assert "reset_two_factor" not in actions
     assert "unlock_two_factor" not in actions
-    pk = root.user.pk if target == "user" else root.device.pk
+    pk = root.user.pk if target == "user" else root.two_factor.pk
     for action in ("reset_two_factor", "unlock_two_factor"):
         assert run_action(client, url, action, [pk]).status_code == 200
-    device = TOTPDevice.objects.get(user=root.user)  # survives the reset
+    device = TwoFactor.objects.get(user=root.user)  # survives the reset
     assert device.locked_at is not None and device.failure_count == 100  # and stays locked
     assert not SecurityEvent.objects.filter(
         user=root.user, kind__in=[SecurityEvent.Kind.ADMIN_RESET, SecurityEvent.Kind.UNLOCKED]
@@ -99,13 +100,13 @@ def test_view_only_staff_cannot_reset_or_unlock(clock, root, url, perm, target):
 
 @pytest.mark.parametrize("url", [USERS, DEVICES])
 def test_staff_with_change_permission_cannot_reset_a_superuser(clock, root, url):
-    staff = make_user("carol", staff=True, perms=["change_user", "change_totpdevice"])
+    staff = make_user("carol", staff=True, perms=["change_user", "change_twofactor"])
     bob = make_user("bob")
     client = logged_in_as(staff)
     assert "reset_two_factor" in offered_actions(client, url)
 
     def pks(*enrolled):
-        return [e.user.pk if url == USERS else e.device.pk for e in enrolled]
+        return [e.user.pk if url == USERS else e.two_factor.pk for e in enrolled]
 
     # A superuser, alone or hidden among others: nobody is reset.
     for selection in (pks(root), pks(bob, root)):
@@ -475,7 +476,7 @@ def test_deleting_a_totp_device_in_the_admin_is_an_audited_reset(
 ):
     admin_user = make_user("root", superuser=True)
     client = logged_in_as(admin_user)
-    device = user_with_totp.device
+    device = user_with_totp.two_factor
     if how == "delete_view":
         response = client.post(f"{DEVICES}{device.pk}/delete/", {"post": "yes"})
     else:
@@ -606,7 +607,7 @@ def test_error_showing_new_recovery_codes_hides_them(clock, user_with_totp, monk
     def no_store(response):
         raise RuntimeError("template failure")
 
-    monkeypatch.setattr(views, "no_store", no_store)
+    monkeypatch.setattr(recovery_views, "no_store", no_store)
     data = {"password": PASSWORD, "code": user_with_totp.code()}
     texts = report_of_failed_request(client, "post", REGENERATE, data)
     assert RecoveryCode.objects.filter(user=user_with_totp.user, used_at=None).count() == 10
@@ -641,7 +642,7 @@ def test_a_burst_past_the_early_check_is_answered_429_for_wrong_codes_too(
 ):
     # Simulate a request that read the device before a concurrent one started the back-off:
     # the early check lets it through, and its wrong code is then counted under the row lock.
-    TOTPDevice.objects.filter(user=user_with_totp.user).update(
+    TwoFactor.objects.filter(user=user_with_totp.user).update(
         failure_count=5, blocked_until=django_timezone.now() + datetime.timedelta(minutes=1)
     )
     monkeypatch.setattr(flows, "_blocked", lambda device: None)
@@ -650,7 +651,7 @@ def test_a_burst_past_the_early_check_is_answered_429_for_wrong_codes_too(
     wrong = "000000" if user_with_totp.code() != "000000" else "111111"
     response = client.post(VERIFY, {"code": wrong})
     assert response.status_code == 429  # like a right code in the same burst: no oracle
-    assert user_with_totp.device.failure_count == 6  # and it still counts
+    assert user_with_totp.two_factor.failure_count == 6  # and it still counts
 
 
 @pytest.mark.parametrize("right", [True, False])
@@ -662,7 +663,7 @@ def test_a_device_removed_during_verification_sends_back_to_login(
     real_matching_step = flows.totp.matching_step
 
     def matching_step(secret, code, at, window):
-        TOTPDevice.objects.filter(user=user_with_totp.user).delete()  # reset meanwhile
+        flows._remove(user_with_totp.user)  # reset meanwhile
         return real_matching_step(secret, code, at, window)
 
     monkeypatch.setattr(flows.totp, "matching_step", matching_step)

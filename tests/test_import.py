@@ -18,7 +18,7 @@ from django.db import connection
 from django.test import override_settings
 
 from mfa import crypto, flows, importer, recovery, totp
-from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice
+from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, TwoFactor
 from tests.conftest import PASSWORD, enrol, is_logged_in, login_password
 
 OTP_APPS = ["django_otp", "django_otp.plugins.otp_totp", "django_otp.plugins.otp_static"]
@@ -206,7 +206,7 @@ def test_a_wrong_token_costs_one_failure_like_any_code(client, otp, migrated):
         wrong = "a" * 8 if "a" * 8 not in tokens else "b" * 8
         response = login_with_code(client, wrong, RECOVERY_URL)
         assert "is not right" in response.text
-    assert TOTPDevice.objects.get(user=alice).failure_count == 1
+    assert TwoFactor.objects.get(user=alice).failure_count == 1
 
 
 def test_parse_reads_eight_characters_as_an_imported_code_only():

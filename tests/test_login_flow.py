@@ -17,7 +17,7 @@ from django.test import Client
 
 from mfa import totp
 from mfa.conf import settings as mfa_settings
-from mfa.models import SecurityEvent, TOTPDevice
+from mfa.models import SecurityEvent, TOTPDevice, TwoFactor
 from tests.conftest import (
     PASSWORD,
     enrol,
@@ -73,9 +73,8 @@ def test_skew_table_as_a_whole(clock, user_with_totp):
     """django-otp style: one row of booleans, each offset in its own fresh login."""
     results = []
     for offset, _ in SKEW_TABLE:
-        TOTPDevice.objects.filter(user=user_with_totp.user).update(
-            last_used_step=-1, failure_count=0
-        )
+        TOTPDevice.objects.filter(user=user_with_totp.user).update(last_used_step=-1)
+        TwoFactor.objects.filter(user=user_with_totp.user).update(failure_count=0)
         client = Client()
         login_password(client)
         client.post(VERIFY, {"code": user_with_totp.code(offset)})

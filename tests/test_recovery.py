@@ -21,7 +21,7 @@ from django.test import Client
 from django.utils import timezone
 
 from mfa import flows, recovery, totp
-from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice
+from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, TwoFactor
 from mfa.test import verified_login
 from tests.conftest import (
     PASSWORD,
@@ -217,7 +217,7 @@ def test_recovery_code_logs_in_once(client, user_with_totp, clock):
     assert "already been used" in again.text
     assert not is_logged_in(client)
     # A used code is a replay, not a guess: it does not spend the failure budget.
-    assert user_with_totp.device.failure_count == 0
+    assert user_with_totp.two_factor.failure_count == 0
     assert RecoveryCode.objects.filter(user=user_with_totp.user, used_at__isnull=False).count() == 1
 
 
@@ -560,7 +560,7 @@ def test_bad_input_is_a_form_error(client, user_with_totp, clock, entered):
     assert 'id="code-errors"' in response.text
     assert not is_logged_in(client)
     # Not a guess: nothing was counted against the account.
-    assert TOTPDevice.objects.get(user=user_with_totp.user).failure_count == 0
+    assert TwoFactor.objects.get(user=user_with_totp.user).failure_count == 0
 
 
 def test_recovery_page_without_pending_login_redirects(client, user_with_totp, clock):

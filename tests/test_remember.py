@@ -17,7 +17,7 @@ from django.test import Client
 from django.utils import timezone
 
 from mfa import flows, remember, totp
-from mfa.models import RememberedBrowser, SecurityEvent, TOTPDevice
+from mfa.models import RememberedBrowser, SecurityEvent, TwoFactor
 from tests.conftest import PASSWORD, enrol, is_logged_in, login_password
 
 pytestmark = pytest.mark.django_db
@@ -352,7 +352,7 @@ def test_a_locked_or_backed_off_account_does_not_skip_the_code(client, remembere
     change = (
         {"locked_at": now} if state == "locked" else {"blocked_until": now + timedelta(seconds=60)}
     )
-    TOTPDevice.objects.filter(user=remembered.user).update(failure_count=5, **change)
+    TwoFactor.objects.filter(user=remembered.user).update(failure_count=5, **change)
     response = login_password(client)
     assert_code_asked(response)
     assert not is_logged_in(client)

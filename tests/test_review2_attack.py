@@ -126,7 +126,7 @@ def test_half_a_native_code_is_a_typing_error_for_a_user_without_imported_codes(
     response = client.post("/accounts/2fa/recovery/", {"code": half})
     assert response.status_code == 400
     assert b"16 letters and digits" in response.content
-    assert user_with_totp.device.failure_count == 0
+    assert user_with_totp.two_factor.failure_count == 0
 
 
 def test_half_a_native_code_is_a_typing_error_in_re_authentication_too(
@@ -137,7 +137,7 @@ def test_half_a_native_code_is_a_typing_error_in_re_authentication_too(
     response = client.post("/accounts/2fa/disable/", {"password": PASSWORD, "code": half})
     assert response.status_code == 400
     assert b"or one of your recovery codes" in response.content
-    assert user_with_totp.device.failure_count == 0
+    assert user_with_totp.two_factor.failure_count == 0
     assert TOTPDevice.objects.filter(user=user_with_totp.user).exists()
 
 

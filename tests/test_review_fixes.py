@@ -76,12 +76,12 @@ def test_pending_login_with_the_same_device_still_works(clock, user_with_totp):
     assert is_logged_in(client)
 
 
-def test_a_marker_naming_no_device_is_dropped(clock, user_with_totp):
-    # A marker written before markers named their device: start again, rather than guess.
+def test_a_marker_naming_no_two_factor_row_is_dropped(clock, user_with_totp):
+    # A marker written before markers named their TwoFactor row: start again, not guess.
     client = Client()
     assert login_password(client).status_code == 302
     session = client.session
-    del session[flows.PENDING_KEY]["device"]
+    del session[flows.PENDING_KEY]["2fa"]
     session.save()
     response = client.post(VERIFY, {"code": user_with_totp.code()})
     assert response.status_code == 302 and response["Location"].startswith(LOGIN)

@@ -6,7 +6,7 @@ from django.test import Client
 from django.test.client import RequestFactory
 
 from mfa import flows, signals, totp
-from mfa.models import TOTPDevice
+from mfa.models import TwoFactor
 from tests.conftest import PASSWORD, enrolling_secret, full_login, is_logged_in, login_password
 
 ALL = [
@@ -224,4 +224,4 @@ def test_a_raising_receiver_cannot_accept_a_refused_login(
     response = client.post("/accounts/2fa/verify/", {"code": wrong(user_with_totp.code())})
     assert response.status_code == 400
     assert not is_logged_in(client)
-    assert TOTPDevice.objects.get(user=user_with_totp.user).failure_count == 1
+    assert TwoFactor.objects.get(user=user_with_totp.user).failure_count == 1

@@ -34,7 +34,7 @@ SETUP, SECURITY = "/accounts/2fa/setup/", "/accounts/security/"
 DISABLE, REGENERATE = "/accounts/2fa/disable/", "/accounts/2fa/recovery-codes/"
 CSS = '<link rel="stylesheet" href="/static/mfa/mfa.css">'
 JS = '<script src="/static/mfa/mfa.js" defer></script>'
-ALREADY_ON = "Two-factor authentication is already on."
+ALREADY_ON = "You have an authenticator app already."
 
 
 def configure(settings, name: str) -> str:

@@ -17,7 +17,7 @@ from django.test import Client, RequestFactory, override_settings
 from django.utils import timezone
 
 from mfa import throttle
-from mfa.models import SecurityEvent, TOTPDevice
+from mfa.models import SecurityEvent, TOTPDevice, TwoFactor
 from tests.conftest import (
     PASSWORD,
     full_login,
@@ -67,7 +67,7 @@ def test_sixth_code_attempt_in_a_minute_is_refused_even_when_right(
     # below can only come from the per-account rate.
     for _ in range(5):
         assert first.post(VERIFY_URL, {"code": "abc"}).status_code == 400
-    assert user_with_totp.device.failure_count == 0
+    assert user_with_totp.two_factor.failure_count == 0
 
     if sixth_from == "same session":
         response = first.post(VERIFY_URL, {"code": user_with_totp.code()})
@@ -128,7 +128,7 @@ def test_backoff_survives_cache_flush_and_new_session_then_expires(user_with_tot
     client = pending_client()
     for _ in range(5):
         assert client.post(VERIFY_URL, {"code": wrong(user_with_totp)}).status_code == 400
-    device = user_with_totp.device
+    device = user_with_totp.two_factor
     assert device.failure_count == 5
     assert device.blocked_until == timezone.now() + timedelta(seconds=60)
 
@@ -156,17 +156,17 @@ def test_backoff_survives_cache_flush_and_new_session_then_expires(user_with_tot
 def test_backoff_doubles(user_with_totp, clock):
     client = pending_client()
     fail(client, user_with_totp, 5)
-    assert user_with_totp.device.blocked_until == timezone.now() + timedelta(seconds=60)
+    assert user_with_totp.two_factor.blocked_until == timezone.now() + timedelta(seconds=60)
     clock.shift(61)
     cache.clear()
     client = pending_client()
     assert client.post(VERIFY_URL, {"code": wrong(user_with_totp)}).status_code == 400
-    device = user_with_totp.device
+    device = user_with_totp.two_factor
     assert device.failure_count == 6
     assert device.blocked_until == timezone.now() + timedelta(seconds=120)
     # While backed off, even a wrong code is not counted (it is not even checked).
     assert_limited(client.post(VERIFY_URL, {"code": wrong(user_with_totp)}))
-    assert user_with_totp.device.failure_count == 6
+    assert user_with_totp.two_factor.failure_count == 6
 
 
 def test_backoff_seconds_doubles_and_is_capped_at_a_day():
@@ -185,10 +185,10 @@ def test_backoff_settings_are_honoured(settings):
 
 
 def test_record_failure_caps_blocked_until_at_a_day(user_with_totp, clock):
-    TOTPDevice.objects.filter(pk=user_with_totp.device.pk).update(failure_count=40)
+    TwoFactor.objects.filter(pk=user_with_totp.device.pk).update(failure_count=40)
     now = timezone.now()
-    failure = throttle.record_failure(user_with_totp.device.pk, now)
-    device = failure.device
+    failure = throttle.record_failure(user_with_totp.two_factor.pk, now)
+    device = failure.row
     assert failure.refused is None  # not blocked before this failure
     assert device.failure_count == 41
     assert device.blocked_until == now + timedelta(days=1)
@@ -200,7 +200,7 @@ def test_concurrent_failures_are_all_counted(clock, django_user_model):
     from tests.conftest import enrol
 
     user = django_user_model.objects.create_user("alice", "alice@example.com", PASSWORD)
-    device = enrol(user).device
+    device = enrol(user).two_factor
     now = timezone.now()
 
     results = run_together([lambda: throttle.record_failure(device.pk, now)] * 20)
@@ -208,19 +208,19 @@ def test_concurrent_failures_are_all_counted(clock, django_user_model):
     device.refresh_from_db()
     assert device.failure_count == 20
     # Each call saw the count it produced: 1..20, none twice.
-    assert sorted(f.device.failure_count for f in results) == list(range(1, 21))
+    assert sorted(f.row.failure_count for f in results) == list(range(1, 21))
     # Those counted once the back-off had begun (after the 5th) say so.
-    assert sorted(f.device.failure_count for f in results if f.refused) == list(range(6, 21))
+    assert sorted(f.row.failure_count for f in results if f.refused) == list(range(6, 21))
 
 
 # --- lock-out at 100 ------------------------------------------------------------------------
 
 
 def test_hundredth_failure_locks_until_an_admin_unlocks(user_with_totp, clock, mailoutbox):
-    TOTPDevice.objects.filter(pk=user_with_totp.device.pk).update(failure_count=99)
+    TwoFactor.objects.filter(pk=user_with_totp.device.pk).update(failure_count=99)
     client = pending_client()
     assert client.post(VERIFY_URL, {"code": wrong(user_with_totp)}).status_code == 400
-    device = user_with_totp.device
+    device = user_with_totp.two_factor
     assert device.failure_count == 100
     assert device.locked_at == timezone.now()
     assert SecurityEvent.objects.filter(user=user_with_totp.user, kind=Kind.LOCKED).count() == 1
@@ -399,7 +399,7 @@ def test_unreachable_redis_fails_open_loudly_and_backoff_still_holds(
             assert client.post(VERIFY_URL, {"code": wrong(user_with_totp)}).status_code == 400
         clock.shift(30)  # a fresh, unused step: only the back-off can refuse it
         assert_limited(pending_client().post(VERIFY_URL, {"code": user_with_totp.code()}))
-    assert user_with_totp.device.failure_count == 5
+    assert user_with_totp.two_factor.failure_count == 5
 
 
 # --- which address counts -------------------------------------------------------------------

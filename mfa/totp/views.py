@@ -22,7 +22,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 
 from .. import conf, crypto, flows, totp
 from ..conf import settings
-from ..decorators import redirect_with_next
+from ..decorators import reauth_refusal, redirect_with_next
 from ..forms import CodeForm
 from ..pages import render
 from ..recovery.views import show_recovery_codes
@@ -53,15 +53,25 @@ def qr_data_uri(uri: str) -> tuple[str, int]:
 @sensitive_variables()
 def setup_view(request: HttpRequest) -> HttpResponse:
     user = request.user
-    if flows.has_2fa(user):
+    if flows.has_app(user):
         messages.info(
             request,
-            _("Two-factor authentication is already on. Turn it off first to use a new app."),
+            _(
+                "You have an authenticator app already. Turn two-factor authentication off first "
+                "to use a new one."
+            ),
         )
         return redirect("mfa:security")
     # Where to go once enrolled (mfa_required sends users here with it): this site only.
     next_url = _next_on_site(request, request.GET.get(REDIRECT_FIELD_NAME))
-    if not flows.recently_authenticated(request):
+    # Whether 2FA is on already, with security keys: then the app joins them.
+    adding = flows.has_2fa(user)
+    if adding:
+        # Another way in: the password and a second factor again, as for adding a key.
+        if refused := reauth_refusal(request):
+            return refused
+    elif not flows.recently_authenticated(request):
+        # A stolen session must not enrol the thief's app: the password again.
         return _confirm_password(request, lambda: _to_setup(next_url), next_url=next_url)
     try:
         secret, restarted = flows.begin_enrolment(request, user)
@@ -84,8 +94,11 @@ def setup_view(request: HttpRequest) -> HttpResponse:
         status = 400
         if form.is_valid():
             codes = flows.confirm_enrolment(request, user, form.cleaned_data["code"])
-            if codes is not None:
+            if codes:
                 return show_recovery_codes(request, codes, enrolled=True, next_url=next_url)
+            if codes is not None:  # joined the user's keys; their recovery codes stay
+                messages.success(request, _("Authenticator app added."))
+                return redirect(next_url or "mfa:security")
             form.add_error(
                 "code", _("That code does not match. Check the app shows this account's code.")
             )
@@ -102,6 +115,7 @@ def setup_view(request: HttpRequest) -> HttpResponse:
         "issuer": issuer,
         "account": user.get_username(),
         "code_count": settings.RECOVERY_CODE_COUNT,
+        "adding": adding,
         "next": next_url,
     }
     return no_store(render(request, "mfa/setup.html", context, status=status))

@@ -1,20 +1,24 @@
 """Adding, renaming and removing a user's security keys, each audited and notified.
 
-A key is an additional second factor: only a user who already has 2FA (a TOTPDevice row, the
-one place of its back-off) may add one, and removing the last key leaves 2FA on with the
-authenticator app and the recovery codes. Turning 2FA off stays ``mfa.flows.disable``.
+A key is a second factor of its own: a user without 2FA who adds one turns 2FA on with it (and
+gets their recovery codes), exactly as confirming an authenticator app does. Removing a key
+never turns 2FA off: the last factor of a user (no app, no other key) cannot be removed here,
+only by turning 2FA off (``mfa.flows.disable``, which asks for the password and a second
+factor) or by an administrator's reset.
 """
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
+from django.views.decorators.debug import sensitive_variables
 
-from .. import flows, notify
-from ..models import SecurityEvent, WebAuthnCredential
+from .. import flows, notify, signals
+from ..models import SecurityEvent, TOTPDevice, TwoFactor, WebAuthnCredential
 from . import ceremonies
 
-__all__ = ["AddResult", "add", "begin", "remove", "removed", "rename"]
+__all__ = ["AddResult", "Added", "RemoveResult", "add", "begin", "remove", "removed", "rename"]
 
 Kind = SecurityEvent.Kind
 
@@ -26,26 +30,43 @@ class AddResult:
     DUPLICATE = "duplicate"  # this credential is registered already (to anyone)
 
 
+@dataclass(frozen=True)
+class Added:
+    result: str
+    # The first recovery codes, when this key turned 2FA on (shown once, never stored).
+    recovery_codes: list[str] | None = field(default=None, repr=False)
+
+
+class RemoveResult:
+    OK = "ok"
+    GONE = "gone"  # not this user's key, or removed meanwhile
+    LAST = "last"  # the user's only factor: turning 2FA off is the way
+
+
 def begin(request: HttpRequest, user: Any) -> str:
     """Return the options for a new key of ``user`` as JSON (the challenge is kept)."""
     existing = list(WebAuthnCredential.objects.filter(user=user))
     return ceremonies.begin_registration(request, user, existing)
 
 
+@sensitive_variables("codes")
 def add(
     request: HttpRequest, user: Any, name: str, credential: ceremonies.RegistrationCredential
-) -> str:
-    """Verify the browser's new credential against this session's challenge, and save it."""
+) -> Added:
+    """Verify the browser's new credential against this session's challenge, and save it;
+    a user without 2FA turns it on with this key."""
     challenge = ceremonies.take_challenge(request, ceremonies.REGISTER, user)
     if challenge is None:
-        return AddResult.STALE
+        return Added(AddResult.STALE)
     try:
         verified = ceremonies.verify_registration(credential, challenge)
     except ceremonies.Rejected as exc:
         flows.record(request, user, Kind.MFA_FAILED, detail=f"security key not added ({exc})")
-        return AddResult.REJECTED
+        return Added(AddResult.REJECTED)
     try:
         with transaction.atomic():
+            # In the key's transaction: 2FA is on if and only if the key was saved.
+            codes = flows.turn_on_with_key(user)
             key = WebAuthnCredential.objects.create(
                 user=user,
                 # Unique across users: a credential id claimed twice is refused, so no
@@ -58,11 +79,12 @@ def add(
             )
             flows.record(request, user, Kind.KEY_ADDED, detail=f"key {key.pk}")
     except IntegrityError:
-        return AddResult.DUPLICATE
-    # A new factor: offer to end the other sessions, as enrolment does.
-    flows._offer_end_sessions(request)
+        return Added(AddResult.DUPLICATE)
+    # The key was just proved (it signed the challenge): as after an app's enrolment, this
+    # session has used a second factor, and is offered to end the others.
+    flows.factor_added(request, user, flows.KEY, turned_on=codes is not None)
     notify.send(user, Kind.KEY_ADDED)
-    return AddResult.OK
+    return Added(AddResult.OK, codes)
 
 
 def rename(user: Any, key_pk: int, name: str) -> bool:
@@ -70,23 +92,42 @@ def rename(user: Any, key_pk: int, name: str) -> bool:
     return bool(WebAuthnCredential.objects.filter(user=user, pk=key_pk).update(name=name))
 
 
-def remove(request: HttpRequest, user: Any, key_pk: int) -> bool:
+def is_last_factor(user: Any, key_pk: int) -> bool:
+    """Whether key ``key_pk`` is the only factor ``user`` has (no app, no other key)."""
+    return not _has_factor(user, but=key_pk)
+
+
+def _has_factor(user: Any, but: int | None = None) -> bool:
+    """Whether ``user`` has an app or a key (other than key ``but``)."""
+    keys = WebAuthnCredential.objects.filter(user=user).exclude(pk=but)
+    return TOTPDevice.objects.filter(user=user).exists() or keys.exists()
+
+
+def remove(request: HttpRequest, user: Any, key_pk: int) -> str:
     """Remove one of ``user``'s keys (after re-authentication by the view)."""
-    if not removed(request, user, key_pk, detail=f"key {key_pk}"):
-        return False
-    flows._offer_end_sessions(request)
-    return True
+    result = removed(request, user, key_pk, detail=f"key {key_pk}")
+    if result == RemoveResult.OK:
+        flows._offer_end_sessions(request)
+    return result
 
 
-def removed(request: HttpRequest | None, user: Any, key_pk: int, detail: str) -> bool:
-    """Delete one of ``user``'s keys, audited and notified; False if it is not theirs (or gone).
+def removed(request: HttpRequest | None, user: Any, key_pk: int, detail: str) -> str:
+    """Delete one of ``user``'s keys, audited and notified, unless it is their last factor.
 
     Also the administrator's way (``detail`` names them), whose own session is not offered to
-    end the user's others.
+    end the user's others; an administrator takes a last factor away with a reset.
     """
-    deleted, _ = WebAuthnCredential.objects.filter(user=user, pk=key_pk).delete()
-    if not deleted:
-        return False
-    flows.record(request, user, Kind.KEY_REMOVED, detail=detail)
+    with transaction.atomic():
+        # The TwoFactor row's lock serialises removals of one user's keys: two requests
+        # removing the last two keys at once cannot both find the other one still there.
+        list(TwoFactor.objects.select_for_update().filter(user=user).values_list("pk"))
+        deleted, _ = WebAuthnCredential.objects.filter(user=user, pk=key_pk).delete()
+        if not deleted:
+            return RemoveResult.GONE
+        if not _has_factor(user):
+            transaction.set_rollback(True)
+            return RemoveResult.LAST
+        flows.record(request, user, Kind.KEY_REMOVED, detail=detail)
+    signals.send(signals.factor_removed, request, user, method=flows.KEY)
     notify.send(user, Kind.KEY_REMOVED)
-    return True
+    return RemoveResult.OK

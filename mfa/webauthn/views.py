@@ -21,6 +21,7 @@ from ..decorators import reauth_refusal, verified_if_enrolled
 from ..forms import CodeForm
 from ..models import WebAuthnCredential
 from ..pages import render
+from ..recovery.views import show_recovery_codes
 from ..views import (
     _code_rates,
     _password_rates,
@@ -102,7 +103,7 @@ def login_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
 
 def _verify_page(request: HttpRequest, user: Any, next_url: str, error: str) -> HttpResponse:
     context = _step_context(request, user, next_url, CodeForm(), keys=False)
-    context.update(has_keys=True, key_error=error)
+    context.update(has_keys=True, has_app=flows.has_app(user), key_error=error)
     return render(request, "mfa/verify.html", context, status=400)
 
 
@@ -110,11 +111,12 @@ def _verify_page(request: HttpRequest, user: Any, next_url: str, error: str) -> 
 
 
 def _may_add(request: HttpRequest) -> HttpResponse | None:
-    """Refuse a user without 2FA, or a session without a fresh password and second factor."""
-    if not flows.has_2fa(request.user):
-        messages.info(request, _("Set up two-factor authentication first, then add keys."))
-        return redirect("mfa:security")
-    # A stolen session must not add the thief's key: the password and a second factor again.
+    """Refuse a session without a fresh password, and a second factor if the user has one.
+
+    A stolen session must not add the thief's key: with 2FA on, that would be a second way in
+    for the thief; with 2FA off, it would turn 2FA on with a factor the owner does not have,
+    locking them out. Enrolling an authenticator app asks the same (``mfa.totp.views``).
+    """
     return reauth_refusal(request)
 
 
@@ -145,14 +147,19 @@ def add_key_view(request: HttpRequest) -> HttpResponse:
             return too_many(request, limited)
         status = 400
         if form.is_valid():
-            result = keys.add(
+            added = keys.add(
                 request, request.user, form.cleaned_data["name"], form.cleaned_data["credential"]
             )
-            if result == keys.AddResult.OK:
+            if added.result == keys.AddResult.OK and added.recovery_codes is not None:
+                # The first factor: 2FA is on now, and these codes are the way back in
+                # without the key. Shown once, in the response to the POST that made them.
+                return show_recovery_codes(request, added.recovery_codes, enrolled=True)
+            if added.result == keys.AddResult.OK:
                 messages.success(request, _("Security key added."))
                 return redirect("mfa:security")
-            form.add_error(None, _add_error(result))
-    return no_store(render(request, "mfa/key_add.html", {"form": form}, status=status))
+            form.add_error(None, _add_error(added.result))
+    context = {"form": form, "has_2fa": flows.has_2fa(request.user)}
+    return no_store(render(request, "mfa/key_add.html", context, status=status))
 
 
 def _add_error(result: str) -> str:
@@ -188,9 +195,16 @@ def remove_key_view(request: HttpRequest, pk: int) -> HttpResponse:
     # Another user's key is not found: a 404, exactly as a key that does not exist.
     key = get_object_or_404(WebAuthnCredential, user=request.user, pk=pk)
 
+    if keys.is_last_factor(request.user, key.pk):
+        # Nothing to re-authenticate for: this page only says how 2FA is turned off instead.
+        return render(request, "mfa/key_remove.html", {"key": key, "last": True})
+
     def done() -> HttpResponse:
-        keys.remove(request, request.user, key.pk)
-        messages.success(request, _("Security key removed."))
+        if keys.remove(request, request.user, key.pk) == keys.RemoveResult.LAST:
+            # The other factor went meanwhile (another tab): nothing was removed.
+            messages.error(request, _("That key is your last second factor: it stays."))
+        else:
+            messages.success(request, _("Security key removed."))
         return redirect("mfa:security")
 
     return _reauth(request, "mfa/key_remove.html", done, {"key": key})

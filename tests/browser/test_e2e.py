@@ -58,7 +58,7 @@ def test_enrol_by_scanning_the_qr_code_then_sign_in_with_the_app(site, user, pag
 
     page.goto(site + SECURITY)
     assert page.locator("[data-state]").get_attribute("data-state") == "off"
-    page.get_by_role("link", name="Set up two-factor authentication").click()
+    page.get_by_role("link", name="Set up an authenticator app").click()
     shot(page, "setup")
 
     # The QR code as the browser paints it, decoded by zxing-cpp: what a phone camera reads.
