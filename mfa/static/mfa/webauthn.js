@@ -76,7 +76,11 @@
       credentials: "same-origin",
       headers: { "X-CSRFToken": token, "Accept": "application/json" }
     }).then(function (response) {
-      if (!response.ok) { throw new Error("options " + response.status); }
+      if (!response.ok) {
+        var error = new Error("options " + response.status);
+        error.status = response.status;
+        throw error;
+      }
       return response.json();
     }).then(function (options) {
       return create
@@ -102,10 +106,13 @@
         event.preventDefault();
         if (busy) { return; }
         busy = true;
-        run(form).catch(function () {
+        run(form).catch(function (error) {
           // Cancelled, timed out, or the key is not one of this account's: nothing was sent.
+          // Refused for now (429: too many requests, or the account is backed off): say so,
+          // rather than blame the key.
           busy = false;
-          say(form, "data-failed");
+          var limited = error && error.status === 429 && form.hasAttribute("data-limited");
+          say(form, limited ? "data-limited" : "data-failed");
         });
       });
     });
