@@ -1,5 +1,5 @@
 """The login's security-key step: the options request's own rate limit and its refusal while
-the account is backed off.
+the account is backed off, and the "don't ask again" box honoured on the key step.
 
 Real ceremonies from the software authenticator (tests/soft_authenticator.py), as in
 tests/test_webauthn.py; the back-off is reached through wrong codes, never by writing rows.
@@ -12,16 +12,18 @@ from django.test import Client
 
 from mfa import checks
 from mfa.conf import settings as mfa_settings
-from mfa.models import SecurityEvent
+from mfa.models import RememberedBrowser, SecurityEvent
 from mfa.webauthn import ceremonies
 
 from .conftest import is_logged_in, login_password, make_user
+from .soft_authenticator import SoftAuthenticator
 from .test_webauthn import give_key
 
 Kind = SecurityEvent.Kind
 VERIFY = "/accounts/2fa/verify/"
 KEY_LOGIN = "/accounts/2fa/key/"
 KEY_OPTIONS = "/accounts/2fa/key/options/"
+COOKIE = "mfa_remember"
 
 
 @pytest.fixture(autouse=True)
@@ -183,3 +185,99 @@ def test_the_rate_limits_refusal_waits_for_the_back_off(client, clock, keyed, se
     clock.shift(10)
     assert_refused(client.post(KEY_OPTIONS), retry_after=590)  # the rate limit does
     assert challenge(client) is None
+
+
+# --- "Don't ask again on this browser" on the key step ---------------------------------------
+
+
+def sign_in_with_key(client, key: SoftAuthenticator, **extra):
+    pending(client)
+    return client.post(KEY_LOGIN, {"credential": key.get(options(client)), **extra})
+
+
+def assert_asked_for_a_code(client):
+    client.post("/accounts/logout/")
+    assert not is_logged_in(client)
+    pending(client)
+    assert not is_logged_in(client)
+
+
+def test_the_box_ticked_on_the_key_step_remembers_the_browser(
+    client, clock, keyed, mailoutbox, django_capture_on_commit_callbacks
+):
+    enrolled, key = keyed
+    with django_capture_on_commit_callbacks(execute=True):
+        response = sign_in_with_key(client, key, remember="on")
+    assert response.status_code == 302
+    assert is_logged_in(client)
+    assert response.cookies[COOKIE].value
+    row = RememberedBrowser.objects.get()
+    assert row.user == enrolled.user
+    assert SecurityEvent.objects.filter(kind=Kind.BROWSER_REMEMBERED).count() == 1
+    assert SecurityEvent.objects.filter(kind=Kind.LOGIN, detail="security key").count() == 1
+    subjects = [message.subject for message in mailoutbox]
+    assert "A browser will sign in to your account without a code" in subjects
+
+    client.post("/accounts/logout/")
+    assert not is_logged_in(client)
+    response = login_password(client)
+    assert response.status_code == 302
+    assert urlparse(response["Location"]).path != VERIFY
+    assert is_logged_in(client), "the remembered browser was asked for a second factor"
+    assert SecurityEvent.objects.filter(kind=Kind.REMEMBERED_LOGIN).count() == 1
+
+
+def test_the_box_not_ticked_remembers_nothing(client, clock, keyed):
+    _enrolled, key = keyed
+    response = sign_in_with_key(client, key, remember="")
+    assert response.status_code == 302
+    assert is_logged_in(client)
+    assert COOKIE not in response.cookies
+    assert not RememberedBrowser.objects.exists()
+    assert_asked_for_a_code(client)
+
+
+def test_a_refused_key_remembers_nothing_even_ticked(client, clock, keyed):
+    _enrolled, key = keyed
+    pending(client)
+    answer = key.get(options(client), origin="https://example.com.evil.test")
+    response = client.post(KEY_LOGIN, {"credential": answer, "remember": "on"})
+    assert response.status_code == 400
+    assert COOKIE not in response.cookies
+    assert not RememberedBrowser.objects.exists()
+    assert not SecurityEvent.objects.filter(kind=Kind.BROWSER_REMEMBERED).exists()
+    # The page comes back with the box still ticked, for the next try.
+    assert b'id="id_remember" value="on" checked' in response.content
+
+
+def test_remember_days_zero_remembers_nothing_even_posted(client, clock, keyed, settings):
+    settings.MFA_REMEMBER_DAYS = 0
+    _enrolled, key = keyed
+    pending(client)
+    page = client.get(VERIFY).content
+    assert b'name="remember"' not in page and b"data-remember" not in page
+    response = client.post(KEY_LOGIN, {"credential": key.get(options(client)), "remember": "on"})
+    assert response.status_code == 302
+    assert is_logged_in(client)
+    assert COOKIE not in response.cookies
+    assert not RememberedBrowser.objects.exists()
+    assert_asked_for_a_code(client)
+
+
+def test_the_key_form_carries_the_pages_one_box(client, clock, keyed):
+    pending(client)
+    page = client.get(VERIFY).content.decode()
+    assert page.count('type="checkbox" name="remember"') == 1
+    key_form = page[page.index('data-webauthn="get"') :]
+    key_form = key_form[: key_form.index("</form>")]
+    assert 'data-remember="#id_remember"' in key_form
+    assert '<input type="hidden" name="remember" value="">' in key_form
+
+
+def test_a_user_without_a_key_still_remembers_with_a_code(client, clock, user_with_totp):
+    """The code step is unchanged by the shared acceptance (views._acceptance)."""
+    pending(client)
+    response = client.post(VERIFY, {"code": user_with_totp.code(), "remember": "on"})
+    assert response.status_code == 302
+    assert response.cookies[COOKIE].value
+    assert RememberedBrowser.objects.filter(user=user_with_totp.user).count() == 1

@@ -23,6 +23,7 @@ from ..forms import CodeForm
 from ..models import WebAuthnCredential
 from ..pages import render
 from ..views import (
+    _acceptance,
     _code_rates,
     _password_rates,
     _reauth,
@@ -111,14 +112,12 @@ def login_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
         # itself parsed: then the form's own error is the one to show.
         errors = form.errors.get("credential") or form.non_field_errors()
         return _verify_page(request, user, next_url, errors[0])
-    outcome = flows.verify_webauthn(
-        request,
-        user,
-        form.cleaned_data["credential"],
-        lambda: flows.complete_login(request, user, method=flows.KEY),
-    )
+    # The page's one "don't ask again" box is posted with this form too (webauthn.js), and is
+    # honoured exactly as the code step honours it.
+    accept, finish = _acceptance(request, user, flows.KEY)
+    outcome = flows.verify_webauthn(request, user, form.cleaned_data["credential"], accept)
     if outcome.ok:
-        return HttpResponseRedirect(safe_next(request, next_url))
+        return finish(HttpResponseRedirect(safe_next(request, next_url)))
     if outcome.result is Result.BLOCKED:
         return too_many(request, outcome)
     if outcome.result is Result.GONE:

@@ -67,6 +67,16 @@
     if (status) { status.textContent = form.getAttribute(attribute) || ""; }
   }
 
+  // The page's one "don't ask again" box lives in the code form (it must work without this
+  // file): a key form that names it (data-remember) posts its state as its own field.
+  function remembered(form) {
+    var selector = form.getAttribute("data-remember");
+    var field = form.querySelector("input[name=remember]");
+    if (!selector || !field) { return; }
+    var box = document.querySelector(selector);
+    field.value = box && box.checked ? box.value : "";
+  }
+
   function run(form) {
     var create = form.getAttribute("data-webauthn") === "create";
     var token = form.querySelector("input[name=csrfmiddlewaretoken]").value;
@@ -88,6 +98,7 @@
         : navigator.credentials.get(requestOptions(options));
     }).then(function (credential) {
       form.querySelector("input[name=credential]").value = credentialJSON(credential);
+      remembered(form);
       form.submit();
     });
   }
