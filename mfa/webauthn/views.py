@@ -52,7 +52,7 @@ def _json(body: str, status: int = 200) -> HttpResponse:
     return no_store(HttpResponse(body, content_type="application/json", status=status))
 
 
-def _too_many(limited: throttle.Limited | flows.Outcome) -> HttpResponse:
+def _too_many_json(limited: throttle.Limited | flows.Outcome) -> HttpResponse:
     """Answer an options request with 429 and Retry-After (webauthn.js says "try later")."""
     return JsonResponse(
         {"error": "too many"}, status=429, headers={"Retry-After": str(limited.retry_after)}
@@ -86,10 +86,10 @@ def _options_rates(request: HttpRequest, user: Any) -> tuple[throttle.Check, ...
 def login_options_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
     if limited := throttle.check_rates(request, *_options_rates(request, user)):
         # Retry-After: not before the account's back-off ends, if that lasts longer.
-        return _too_many(flows.refusal(user, limited))
+        return _too_many_json(flows.refusal(user, limited))
     if blocked := flows.backed_off(user):
         # Every answer would be refused unchecked until then: no challenge is made for one.
-        return _too_many(blocked)
+        return _too_many_json(blocked)
     credentials = list(WebAuthnCredential.objects.filter(user=user))
     if not credentials:
         return JsonResponse({"error": "no security key"}, status=404)
@@ -156,7 +156,7 @@ def register_options_view(request: HttpRequest) -> HttpResponse:
     if _may_add(request) is not None:
         return JsonResponse({"error": "reload the page"}, status=403)
     if limited := throttle.check_rates(request, _password_rates(request.user)[0]):
-        return _too_many(limited)
+        return _too_many_json(limited)
     return _json(keys.begin(request, request.user))
 
 
