@@ -227,7 +227,15 @@ def _cannot_tell(path: Path, top: Path, why: str) -> Warning:
     )
 
 
-RATE_SETTINGS = ["CODE_RATE", "CODE_IP_RATE", "LOGIN_USER_RATE", "LOGIN_IP_RATE", "CHANGE_RATE"]
+RATE_SETTINGS = [
+    "CODE_RATE",
+    "CODE_IP_RATE",
+    "WEBAUTHN_OPTIONS_RATE",
+    "WEBAUTHN_OPTIONS_IP_RATE",
+    "LOGIN_USER_RATE",
+    "LOGIN_IP_RATE",
+    "CHANGE_RATE",
+]
 # At most four digits of period multiplier: a longer period is a typo (and beyond Redis's
 # expiry times).
 _RATE = re.compile(r"[1-9][0-9]*/([1-9][0-9]{0,3})?[smhd]")

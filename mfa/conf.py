@@ -158,6 +158,17 @@ class Settings:
         return getattr(django_settings, "MFA_CODE_IP_RATE", "20/m")
 
     @property
+    def WEBAUTHN_OPTIONS_RATE(self) -> str:
+        # Security key challenges per pending account: not guesses, so not the code budget, but
+        # each one writes the session. A user may cancel the browser's prompt and retry.
+        return getattr(django_settings, "MFA_WEBAUTHN_OPTIONS_RATE", "10/m")
+
+    @property
+    def WEBAUTHN_OPTIONS_IP_RATE(self) -> str:
+        # Security key challenges per client address, across accounts.
+        return getattr(django_settings, "MFA_WEBAUTHN_OPTIONS_IP_RATE", "30/m")
+
+    @property
     def LOGIN_USER_RATE(self) -> str:
         # Password attempts per username: slows guessing one account from many addresses.
         return getattr(django_settings, "MFA_LOGIN_USER_RATE", "10/m")

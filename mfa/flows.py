@@ -928,3 +928,16 @@ def end_other_sessions(request: HttpRequest, user: Any) -> int:
 
 def _offer_end_sessions(request: HttpRequest) -> None:
     request.session[OFFER_END_SESSIONS_KEY] = True
+
+
+# --- The key step's options -----------------------------------------------------------------
+
+
+def backed_off(user: Any) -> Outcome | None:
+    """The back-off's (or the lock's) refusal of the user's second factor, else None.
+
+    For the requests that check nothing but would cost something, such as minting a security
+    key's challenge: while every answer is refused unchecked, nothing is worth preparing.
+    """
+    device = _device(user)
+    return _blocked(device) if device is not None else None

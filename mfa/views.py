@@ -174,19 +174,10 @@ def _code_step(
             return too_many(request, flows.refusal(user, limited))
         status = 400
         if form.is_valid():
-            cookie: list[str] = []
-
-            def accept() -> None:
-                flows.complete_login(request, user, method=method)
-                if _remember_ticked(request):
-                    cookie.append(flows.remember_browser(request, user))
-
+            accept, finish = _acceptance(request, user, method)
             outcome = check(request, user, form.cleaned_data["code"], accept)
             if outcome.ok:
-                response = HttpResponseRedirect(safe_next(request, next_url))
-                if cookie:
-                    remember.set_cookie(request, response, cookie[0])
-                return response
+                return finish(HttpResponseRedirect(safe_next(request, next_url)))
             if outcome.result is Result.BLOCKED:
                 return too_many(request, outcome)
             if outcome.result is Result.UNREADABLE:
@@ -200,6 +191,30 @@ def _code_step(
             form.add_error("code", _code_error(outcome, method))
     context = _step_context(request, user, next_url, form, keys=method == TOTP)
     return render(request, template, context, status=status)
+
+
+def _acceptance(
+    request: HttpRequest, user: Any, method: str
+) -> tuple[flows.OnAccept, Callable[[HttpResponse], HttpResponse]]:
+    """What accepting a login's second step does (a code's, a key's), and then its response.
+
+    ``accept`` runs in the transaction that accepts the code or the key: the login, and, when
+    the box was ticked, the remembered browser's row, which so exists only if the login
+    happened. ``finish`` then sets that browser's cookie on the response.
+    """
+    cookie: list[str] = []
+
+    def accept() -> None:
+        flows.complete_login(request, user, method=method)
+        if _remember_ticked(request):
+            cookie.append(flows.remember_browser(request, user))
+
+    def finish(response: HttpResponse) -> HttpResponse:
+        if cookie:
+            remember.set_cookie(request, response, cookie[0])
+        return response
+
+    return accept, finish
 
 
 def _code_rates(request: HttpRequest, user: Any) -> tuple[throttle.Check, ...]:

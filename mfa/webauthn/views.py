@@ -17,12 +17,14 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from .. import flows, throttle
+from ..conf import settings
 from ..decorators import reauth_refusal, verified_if_enrolled
 from ..forms import CodeForm
 from ..models import WebAuthnCredential
 from ..pages import render
 from ..recovery.views import show_recovery_codes
 from ..views import (
+    _acceptance,
     _code_rates,
     _password_rates,
     _reauth,
@@ -51,13 +53,44 @@ def _json(body: str, status: int = 200) -> HttpResponse:
     return no_store(HttpResponse(body, content_type="application/json", status=status))
 
 
+def _too_many_json(limited: throttle.Limited | flows.Outcome) -> HttpResponse:
+    """Answer an options request with 429 and Retry-After (webauthn.js says "try later")."""
+    return JsonResponse(
+        {"error": "too many"}, status=429, headers={"Retry-After": str(limited.retry_after)}
+    )
+
+
 # --- The login's second step ----------------------------------------------------------------
+
+
+def _options_rates(request: HttpRequest, user: Any) -> tuple[throttle.Check, ...]:
+    """The counters of a login's request for a key's challenge: per pending account, and per
+    address.
+
+    Counters of their own, not the code's (``_code_rates``): asking for a challenge is not a
+    guess. The signed answer is one, and ``login_view`` counts it against the code budget; a
+    user whose browser prompt was cancelled or timed out, and who asks again, must keep the
+    guesses they may still need for a code. Not free either: each request makes a challenge
+    and writes the session, so whoever holds a password cannot make the server write without
+    end.
+    """
+    address = throttle.address_key(throttle.client_ip(request))
+    return (
+        ("mfa.key_options.ip", address, settings.WEBAUTHN_OPTIONS_IP_RATE),
+        ("mfa.key_options.user", str(user.pk), settings.WEBAUTHN_OPTIONS_RATE),
+    )
 
 
 @never_cache
 @require_POST
 @pending_required
 def login_options_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
+    if limited := throttle.check_rates(request, *_options_rates(request, user)):
+        # Retry-After: not before the account's back-off ends, if that lasts longer.
+        return _too_many_json(flows.refusal(user, limited))
+    if blocked := flows.backed_off(user):
+        # Every answer would be refused unchecked until then: no challenge is made for one.
+        return _too_many_json(blocked)
     credentials = list(WebAuthnCredential.objects.filter(user=user))
     if not credentials:
         return JsonResponse({"error": "no security key"}, status=404)
@@ -80,14 +113,12 @@ def login_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
         # itself parsed: then the form's own error is the one to show.
         errors = form.errors.get("credential") or form.non_field_errors()
         return _verify_page(request, user, next_url, errors[0])
-    outcome = flows.verify_webauthn(
-        request,
-        user,
-        form.cleaned_data["credential"],
-        lambda: flows.complete_login(request, user, method=flows.KEY),
-    )
+    # The page's one "don't ask again" box is posted with this form too (webauthn.js), and is
+    # honoured exactly as the code step honours it.
+    accept, finish = _acceptance(request, user, flows.KEY)
+    outcome = flows.verify_webauthn(request, user, form.cleaned_data["credential"], accept)
     if outcome.ok:
-        return HttpResponseRedirect(safe_next(request, next_url))
+        return finish(HttpResponseRedirect(safe_next(request, next_url)))
     if outcome.result is Result.BLOCKED:
         return too_many(request, outcome)
     if outcome.result is Result.GONE:
@@ -127,9 +158,7 @@ def register_options_view(request: HttpRequest) -> HttpResponse:
     if _may_add(request) is not None:
         return JsonResponse({"error": "reload the page"}, status=403)
     if limited := throttle.check_rates(request, _password_rates(request.user)[0]):
-        return JsonResponse(
-            {"error": "too many"}, status=429, headers={"Retry-After": str(limited.retry_after)}
-        )
+        return _too_many_json(limited)
     return _json(keys.begin(request, request.user))
 
 

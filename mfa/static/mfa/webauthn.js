@@ -67,6 +67,16 @@
     if (status) { status.textContent = form.getAttribute(attribute) || ""; }
   }
 
+  // The page's one "don't ask again" box lives in the code form (it must work without this
+  // file): a key form that names it (data-remember) posts its state as its own field.
+  function remembered(form) {
+    var selector = form.getAttribute("data-remember");
+    var field = form.querySelector("input[name=remember]");
+    if (!selector || !field) { return; }
+    var box = document.querySelector(selector);
+    field.value = box && box.checked ? box.value : "";
+  }
+
   function run(form) {
     var create = form.getAttribute("data-webauthn") === "create";
     var token = form.querySelector("input[name=csrfmiddlewaretoken]").value;
@@ -76,7 +86,11 @@
       credentials: "same-origin",
       headers: { "X-CSRFToken": token, "Accept": "application/json" }
     }).then(function (response) {
-      if (!response.ok) { throw new Error("options " + response.status); }
+      if (!response.ok) {
+        var error = new Error("options " + response.status);
+        error.status = response.status;
+        throw error;
+      }
       return response.json();
     }).then(function (options) {
       return create
@@ -84,6 +98,7 @@
         : navigator.credentials.get(requestOptions(options));
     }).then(function (credential) {
       form.querySelector("input[name=credential]").value = credentialJSON(credential);
+      remembered(form);
       form.submit();
     });
   }
@@ -102,10 +117,13 @@
         event.preventDefault();
         if (busy) { return; }
         busy = true;
-        run(form).catch(function () {
+        run(form).catch(function (error) {
           // Cancelled, timed out, or the key is not one of this account's: nothing was sent.
+          // Refused for now (429: too many requests, or the account is backed off): say so,
+          // rather than blame the key.
           busy = false;
-          say(form, "data-failed");
+          var limited = error && error.status === 429 && form.hasAttribute("data-limited");
+          say(form, limited ? "data-limited" : "data-failed");
         });
       });
     });
