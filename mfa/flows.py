@@ -63,6 +63,7 @@ __all__ = [
     "Outcome",
     "Result",
     "abandon_pending_login",
+    "backed_off",
     "begin_enrolment",
     "begin_pending_login",
     "complete_login",
@@ -81,6 +82,7 @@ __all__ = [
     "recently_authenticated",
     "reauthenticated_within",
     "record",
+    "refusal",
     "regenerate_recovery_codes",
     "remember_browser",
     "reset",
@@ -92,6 +94,7 @@ __all__ = [
     "verify_recovery_code",
     "verify_totp",
     "verify_webauthn",
+    "webauthn_binding",
 ]
 
 logger = logging.getLogger(__name__)
@@ -484,11 +487,20 @@ def refusal(user: Any, limited: throttle.Limited) -> throttle.Limited | Outcome:
     The two layers count over different times: Retry-After must not send the user back while
     the account is still backed off (or locked). Read only when a rate limit refuses.
     """
-    row = _two_factor(user)
-    blocked = _blocked(row) if row is not None else None
+    blocked = backed_off(user)
     if blocked is not None and (blocked.locked or blocked.retry_after > limited.retry_after):
         return blocked
     return limited
+
+
+def backed_off(user: Any) -> Outcome | None:
+    """The back-off's (or the lock's) refusal of the user's second factor, else None.
+
+    For the requests that check nothing but would cost something, such as minting a security
+    key's challenge: while every answer is refused unchecked, nothing is worth preparing.
+    """
+    row = _two_factor(user)
+    return _blocked(row) if row is not None else None
 
 
 @sensitive_variables()
@@ -931,13 +943,3 @@ def _offer_end_sessions(request: HttpRequest) -> None:
 
 
 # --- The key step's options -----------------------------------------------------------------
-
-
-def backed_off(user: Any) -> Outcome | None:
-    """The back-off's (or the lock's) refusal of the user's second factor, else None.
-
-    For the requests that check nothing but would cost something, such as minting a security
-    key's challenge: while every answer is refused unchecked, nothing is worth preparing.
-    """
-    device = _device(user)
-    return _blocked(device) if device is not None else None
