@@ -377,7 +377,8 @@ def test_malformed_answer_is_a_form_error(client, signed_in, body):
 
 def test_a_real_answer_over_the_size_cap_is_refused_unparsed(client, signed_in):
     enrolled, key = signed_in
-    padded = answer(client, key) + " " * ceremonies.MAX_CREDENTIAL  # still valid JSON
+    good = answer(client, key)
+    padded = good[0] + " " * ceremonies.MAX_CREDENTIAL + good[1:]  # still valid JSON
     response = post(client, DISABLE, padded)
     assert response.status_code == 400
     assert b"That is not an answer from a security key." in response.content
