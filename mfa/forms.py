@@ -251,10 +251,10 @@ class ReauthForm(PasswordForm):
 
     def clean(self):
         cleaned = super().clean()
-        # Only what the browser sent counts here, not whether it parsed: a malformed answer
-        # has its own error above.
-        code = self.data.get(self.add_prefix("code"), "").strip()
-        credential = self.data.get(self.add_prefix("credential"), "")
+        # What the browser sent counts here, not whether it parsed: a malformed answer has its
+        # own error above. Blank is not sent (the fields strip it too).
+        code = str(self.data.get(self.add_prefix("code"), "")).strip()
+        credential = str(self.data.get(self.add_prefix("credential"), "")).strip()
         if code and credential:
             # Which one did the user mean? Neither is checked, nor counted as a guess.
             raise forms.ValidationError(

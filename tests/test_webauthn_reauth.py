@@ -401,10 +401,12 @@ def test_both_a_code_and_a_key_is_a_form_error(client, clock, signed_in):
     assert not SecurityEvent.objects.filter(kind=Kind.PASSWORD_FAILED).exists()
 
 
-def test_neither_a_code_nor_a_key_is_a_form_error(client, signed_in):
+@pytest.mark.parametrize("blank", ["", "  \n "])
+def test_neither_a_code_nor_a_key_is_a_form_error(client, signed_in, blank):
     enrolled, _key = signed_in
-    response = client.post(DISABLE, {"password": PASSWORD, "code": "", "credential": ""})
+    response = client.post(DISABLE, {"password": PASSWORD, "code": blank, "credential": blank})
     assert response.status_code == 400
+    assert b"Enter the 6-digit code from your app" in response.content
     assert still_on(enrolled)
     assert not SecurityEvent.objects.filter(kind=Kind.PASSWORD_FAILED).exists()
 
