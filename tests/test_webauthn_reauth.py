@@ -135,6 +135,8 @@ def test_every_reauth_page_offers_the_key_to_a_user_with_one(client, clock, user
     forms = [f for f in re.findall(r"<form.*?</form>", html, re.S) if 'name="password"' in f]
     assert len(forms) == 1
     assert 'data-webauthn="get"' in forms[0] and 'name="credential"' in forms[0]
+    # Hidden until mfa/webauthn.js shows it: without JavaScript, only the code's way is seen.
+    assert "data-webauthn-block hidden" in forms[0]
 
 
 def test_no_key_no_key_button(client, clock, user_with_totp):
