@@ -647,8 +647,16 @@ def verify_recovery_code(
     return Outcome(Result.OK)
 
 
-def webauthn_binding(request: HttpRequest) -> Any:
-    """What ties a login's challenge to this pending login: its marker's time and row."""
+def webauthn_binding(request: HttpRequest, purpose: str = ceremonies.LOGIN) -> Any:
+    """What ties a challenge to the ceremony it was issued for.
+
+    A login's: this pending login (its marker's time and TwoFactor row). A re-authentication's: the
+    session's last proof of the password (``AUTH_AT_KEY``), so that a challenge fetched before
+    the session signed in or re-authenticated again answers nothing after it. There is no
+    pending marker then, and the challenge lives in this session only anyway.
+    """
+    if purpose == ceremonies.REAUTH:
+        return request.session.get(AUTH_AT_KEY)
     marker = request.session.get(PENDING_KEY)
     return [marker.get("at"), marker.get("2fa")] if isinstance(marker, dict) else None
 
@@ -658,12 +666,18 @@ def verify_webauthn(
     user: Any,
     credential: ceremonies.AuthenticationCredential,
     on_accept: OnAccept | None = None,
+    *,
+    purpose: str = ceremonies.LOGIN,
 ) -> Outcome:
-    """Check a security key's assertion for the pending login, and accept it once.
+    """Check a security key's assertion, and accept it once.
 
+    ``purpose``: LOGIN for the pending login's step, REAUTH for a logged-in user proving a
+    second factor again (``views._reauth``); a challenge of one answers nothing for the other.
     The same rules as a code: the TwoFactor row's back-off before any check, every failure
     counted on it, and ``on_accept`` in the transaction that accepts the assertion.
     """
+    if purpose not in (ceremonies.LOGIN, ceremonies.REAUTH):
+        raise ValueError(f"verify_webauthn: not an assertion's purpose: {purpose!r}")
     row = _two_factor(user)
     if row is None:
         return Outcome(Result.GONE)
@@ -671,13 +685,13 @@ def verify_webauthn(
         return blocked
     # Taken out first, whatever follows: a challenge answers one request at most.
     challenge = ceremonies.take_challenge(
-        request, ceremonies.LOGIN, user, webauthn_binding(request)
+        request, purpose, user, webauthn_binding(request, purpose)
     )
     if challenge is None:
         record(request, user, Kind.MFA_FAILED, detail="security key: no live challenge")
         signals.send(signals.verification_failed, request, user, method=KEY, reason="replay")
         return Outcome(Result.STALE)
-    # The pending user's keys only: another user's credential id is simply not found.
+    # This user's keys only: another user's credential id is simply not found.
     key = WebAuthnCredential.objects.filter(
         user=user, credential_id=ceremonies.credential_key(credential.raw_id)
     ).first()
@@ -709,7 +723,10 @@ def verify_webauthn(
             if not used:
                 raise _Refused(Outcome(Result.STALE))
             # The key's pk, not its name: the trail's details are never user input.
-            record(request, user, Kind.KEY_USED, detail=f"key {key.pk}")
+            detail = f"key {key.pk}"
+            if purpose == ceremonies.REAUTH:
+                detail += ", re-authentication"
+            record(request, user, Kind.KEY_USED, detail=detail)
             if on_accept is not None:
                 on_accept()
     except _Refused as refused:
@@ -940,6 +957,3 @@ def end_other_sessions(request: HttpRequest, user: Any) -> int:
 
 def _offer_end_sessions(request: HttpRequest) -> None:
     request.session[OFFER_END_SESSIONS_KEY] = True
-
-
-# --- The key step's options -----------------------------------------------------------------

@@ -10,6 +10,7 @@ from django.utils.datastructures import MultiValueDict
 from django.utils.translation import gettext_lazy as _
 
 from . import recovery, totp
+from .webauthn import ceremonies
 
 __all__ = [
     "CodeForm",
@@ -194,7 +195,8 @@ class PasswordForm(TextOnlyForm):
 
 
 class ReauthForm(PasswordForm):
-    """The password again, and a current TOTP code or an unused recovery code.
+    """The password again, and either a current TOTP code or an unused recovery code, or a
+    security key's answer (``credential``, filled in by mfa/webauthn.js): exactly one of them.
 
     ``imported``: whether the user holds codes imported from django-otp (8 characters).
     """
@@ -207,6 +209,8 @@ class ReauthForm(PasswordForm):
         label=_("Code from your app, or a recovery code"),
         max_length=MAX_INPUT,
         strip=True,
+        # Required unless a key answered instead (``clean``), which the field cannot know.
+        required=False,
         widget=forms.TextInput(
             attrs={
                 "autocomplete": "one-time-code",
@@ -218,12 +222,50 @@ class ReauthForm(PasswordForm):
         ),
         error_messages={"max_length": _("That is neither a 6-digit code nor a recovery code.")},
     )
+    credential = forms.CharField(
+        widget=forms.HiddenInput,
+        required=False,
+        max_length=ceremonies.MAX_CREDENTIAL,
+        error_messages={"max_length": _("That is not an answer from a security key.")},
+    )
 
     def clean_code(self) -> str:
         raw = self.cleaned_data["code"]
-        if totp.normalize_code(raw) is None and recovery.parse(raw, self.imported) is None:
+        if raw and totp.normalize_code(raw) is None and recovery.parse(raw, self.imported) is None:
             raise forms.ValidationError(
                 _("Enter the 6-digit code from your app, or one of your recovery codes."),
                 code="format",
             )
         return raw
+
+    def clean_credential(self) -> ceremonies.AuthenticationCredential | None:
+        raw = self.cleaned_data["credential"]
+        if not raw:
+            return None
+        try:
+            return ceremonies.parse_assertion(raw)
+        except ceremonies.Malformed:
+            raise forms.ValidationError(
+                _("That is not an answer from a security key."), code="malformed"
+            ) from None
+
+    def clean(self):
+        cleaned = super().clean()
+        # What the browser sent counts here, not whether it parsed: a malformed answer has its
+        # own error above. Blank is not sent (the fields strip it too).
+        code = str(self.data.get(self.add_prefix("code"), "")).strip()
+        credential = str(self.data.get(self.add_prefix("credential"), "")).strip()
+        if code and credential:
+            # Which one did the user mean? Neither is checked, nor counted as a guess.
+            raise forms.ValidationError(
+                _("Enter a code or use your security key, not both."), code="both"
+            )
+        if not code and not credential:
+            self.add_error(
+                "code",
+                forms.ValidationError(
+                    _("Enter the 6-digit code from your app, or one of your recovery codes."),
+                    code="required",
+                ),
+            )
+        return cleaned

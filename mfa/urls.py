@@ -13,6 +13,11 @@ urlpatterns = [
     path("login/", views.login_view, name="login"),
     path("logout/", views.logout_view, name="logout"),
     path("reauth/", views.reauth_view, name="reauth"),
+    path(
+        "reauth/key/options/",
+        webauthn_views.reauth_options_view,
+        name="webauthn_reauth_options",
+    ),
     path("2fa/verify/", views.verify_view, name="verify"),
     path("2fa/recovery/", recovery_views.recovery_view, name="recovery"),
     path("2fa/key/", webauthn_views.login_view, name="webauthn_login"),

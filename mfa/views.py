@@ -32,6 +32,7 @@ from .forms import (
 )
 from .models import RememberedBrowser, SecurityEvent, TOTPDevice, TwoFactor, WebAuthnCredential
 from .pages import render
+from .webauthn import ceremonies
 
 logger = logging.getLogger(__name__)
 Kind = SecurityEvent.Kind
@@ -331,7 +332,12 @@ def _reauth(
     on_success: Callable[[], HttpResponse],
     extra: dict | None = None,
 ) -> HttpResponse:
-    """Ask for the password and a code again, even in a logged-in session."""
+    """Ask for the password and a second factor again, even in a logged-in session.
+
+    The second factor is a code (TOTP or recovery), or a security key's answer to a REAUTH
+    challenge (``webauthn_reauth_options``) posted in the same form. The password is checked
+    first either way, under the same rate limits and audit.
+    """
     user = request.user
     if not flows.has_2fa(user):
         messages.info(request, _("Two-factor authentication is off."))
@@ -346,13 +352,23 @@ def _reauth(
             return too_many(request, flows.refusal(user, limited))
         status = 400
         if form.is_valid():
+            credential = form.cleaned_data["credential"]
             if not user.check_password(form.cleaned_data["password"]):
                 flows.record(request, user, Kind.PASSWORD_FAILED, detail="re-authentication")
-                form.add_error(None, _("The password or the code is not right."))
+                if credential is not None:
+                    # Spent all the same: a key's answer does not outlive a wrong password,
+                    # to be tried again with the next guess.
+                    ceremonies.drop_challenge(request)
+                form.add_error(None, _reauth_error(None, credential is not None))
             else:
-                outcome = flows.verify_any_code(
-                    request, user, form.cleaned_data["code"], imported=form.imported
-                )
+                if credential is not None:
+                    outcome = flows.verify_webauthn(
+                        request, user, credential, purpose=ceremonies.REAUTH
+                    )
+                else:
+                    outcome = flows.verify_any_code(
+                        request, user, form.cleaned_data["code"], imported=form.imported
+                    )
                 if outcome is not None and outcome.ok:
                     return on_success()
                 if outcome is not None and outcome.result is Result.BLOCKED:
@@ -362,24 +378,35 @@ def _reauth(
                 if outcome is not None and outcome.result is Result.GONE:
                     messages.info(request, _("Two-factor authentication is off."))
                     return redirect("mfa:security")
-                if outcome is not None and outcome.result is Result.ABSENT:
-                    form.add_error(None, NO_APP)
-                elif outcome is not None and outcome.result is Result.REPLAY:
-                    # The password was right (checked above) and so was the code, once: say
-                    # so, or the user hunts for a typo (a code just used to sign in).
-                    form.add_error(
-                        None,
-                        _(
-                            "That code has already been used. Wait for your app's next code, "
-                            "or use an unused recovery code."
-                        ),
-                    )
-                else:
-                    form.add_error(None, _("The password or the code is not right."))
-    return render(request, template, {"form": form, **(extra or {})}, status=status)
+                form.add_error(None, _reauth_error(outcome, credential is not None))
+    context = {
+        "form": form,
+        # The key's way is offered to a user who has one (mfa/webauthn.js fills it in).
+        "has_keys": WebAuthnCredential.objects.filter(user=user).exists(),
+        **(extra or {}),
+    }
+    return render(request, template, context, status=status)
 
 
-@sensitive_post_parameters("password", "code")
+def _reauth_error(outcome: flows.Outcome | None, key: bool) -> str:
+    """The form-wide error of a refused re-authentication (``outcome`` None: the password)."""
+    if key:
+        if outcome is not None and outcome.result is Result.STALE:
+            return _("That security key request expired or was already used. Try again.")
+        return _("The password or the security key was not accepted.")
+    if outcome is not None and outcome.result is Result.ABSENT:
+        return NO_APP
+    if outcome is not None and outcome.result is Result.REPLAY:
+        # The password was right (checked first) and so was the code, once: say so, or the
+        # user hunts for a typo (a code just used to sign in).
+        return _(
+            "That code has already been used. Wait for your app's next code, "
+            "or use an unused recovery code."
+        )
+    return _("The password or the code is not right.")
+
+
+@sensitive_post_parameters("password", "code", "credential")
 @never_cache
 @login_required
 @GET_POST
@@ -402,7 +429,7 @@ def reauth_view(request: HttpRequest) -> HttpResponse:
     )
 
 
-@sensitive_post_parameters("password", "code")
+@sensitive_post_parameters("password", "code", "credential")
 @never_cache
 @login_required
 @GET_POST

@@ -221,7 +221,7 @@ def test_reauthenticating_opens_the_page_again(client, clock, verified, proof):
     assert where(client.get("/sudo/"))[0] == REAUTH
     response = client.get(REAUTH, {"next": "/sudo/"})
     assert response.status_code == 200
-    assert set(response.context["form"].fields) == {"password", "code"}
+    assert set(response.context["form"].fields) == {"password", "code", "credential"}
     assert response.templates[0].name == "mfa/reauth.html"
     assert "no-store" in response["Cache-Control"]
     code = verified.code() if proof == "totp" else verified.codes[0]

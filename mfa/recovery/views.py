@@ -49,7 +49,7 @@ def show_recovery_codes(
     return no_store(render(request, "mfa/recovery_codes.html", context))
 
 
-@sensitive_post_parameters("password", "code")
+@sensitive_post_parameters("password", "code", "credential")
 @never_cache
 @login_required
 @GET_POST

@@ -1,11 +1,13 @@
 """The two WebAuthn ceremonies through py_webauthn, and the one-time challenge of each.
 
 A challenge is 32 random bytes (py_webauthn's default), kept in the session under
-``CHALLENGE_KEY`` with what it is for: the purpose, the user, the time, and for a login the
-pending marker it was issued under. It is taken out (popped) by the request that answers it,
-whatever the answer, so it serves one ceremony at most. Two requests racing with the same
-answer in one session can both read it before either saves the session: the acceptance in
-``mfa.flows.verify_webauthn`` is therefore a conditional UPDATE on the key's row as well.
+``CHALLENGE_KEY`` with what it is for: the purpose, the user, the time, and what it is bound
+to (``mfa.flows.webauthn_binding``: for a login the pending marker it was issued under, for a
+re-authentication the session's last sign-in). It is taken out (popped) by the request that
+answers it, whatever the answer, so it serves one ceremony at most. Two requests racing with
+the same answer in one session can both read it before either saves the session: the
+acceptance in ``mfa.flows.verify_webauthn`` is therefore a conditional UPDATE on the key's row
+as well.
 
 The RP ID, the origins and user verification come from settings and are given to every
 verification: the browser signs the origin of the page and the authenticator the RP ID's hash,
@@ -52,6 +54,8 @@ __all__ = [
     "AuthenticationCredential",
     "RegistrationCredential",
     "LOGIN",
+    "MAX_CREDENTIAL",
+    "REAUTH",
     "REGISTER",
     "Malformed",
     "Rejected",
@@ -59,6 +63,7 @@ __all__ = [
     "begin_registration",
     "challenge_digest",
     "credential_key",
+    "drop_challenge",
     "origins",
     "parse_assertion",
     "parse_registration",
@@ -69,7 +74,12 @@ __all__ = [
 ]
 
 CHALLENGE_KEY = "_mfa_webauthn"
-LOGIN, REGISTER = "login", "register"
+# What a challenge is for: a login's second step, a new key, or a logged-in user proving a
+# second factor again (``mfa.views._reauth``). One purpose's challenge answers no other.
+LOGIN, REGISTER, REAUTH = "login", "register", "reauth"
+# A real credential's JSON is a few kilobytes (an attestation with a certificate chain
+# perhaps ten); anything longer is refused before it is parsed (the forms' max_length).
+MAX_CREDENTIAL = 64 * 1024
 # The ceremony's timeout the browser is given, in ms; the server's own limit is the setting.
 _BROWSER_TIMEOUT_MS = 120_000
 # WebAuthn Level 3, 7.1 (registering a new credential): a credential id over 1023 bytes is
@@ -182,6 +192,11 @@ def take_challenge(request: HttpRequest, purpose: str, user: Any, bind: Any = No
         return None
 
 
+def drop_challenge(request: HttpRequest) -> None:
+    """Remove this session's challenge unanswered: it can answer nothing afterwards."""
+    request.session.pop(CHALLENGE_KEY, None)
+
+
 def begin_registration(request: HttpRequest, user: Any, existing: list) -> str:
     """Return the options of ``navigator.credentials.create`` as JSON, keeping the challenge.
 
@@ -205,10 +220,13 @@ def begin_registration(request: HttpRequest, user: Any, existing: list) -> str:
     return options_to_json(options)
 
 
-def begin_authentication(request: HttpRequest, user: Any, credentials: list, bind: Any) -> str:
+def begin_authentication(
+    request: HttpRequest, user: Any, credentials: list, bind: Any, purpose: str = LOGIN
+) -> str:
     """Return the options of ``navigator.credentials.get`` as JSON, keeping the challenge.
 
-    Only the pending user's own keys are allowed: the browser offers no other credential.
+    Only the user's own keys are allowed: the browser offers no other credential. ``purpose``
+    is LOGIN (the pending login's step) or REAUTH (a logged-in user's re-authentication).
     """
     options = generate_authentication_options(
         rp_id=rp_id(),
@@ -216,7 +234,7 @@ def begin_authentication(request: HttpRequest, user: Any, credentials: list, bin
         allow_credentials=[_descriptor(c) for c in credentials],
         user_verification=_user_verification(),
     )
-    _keep_challenge(request, LOGIN, user, options.challenge, bind)
+    _keep_challenge(request, purpose, user, options.challenge, bind)
     return options_to_json(options)
 
 

@@ -8,9 +8,8 @@ from . import ceremonies
 
 __all__ = ["AssertionForm", "KeyAddForm", "KeyNameForm"]
 
-# A real credential's JSON is a few kilobytes (an attestation with a certificate chain
-# perhaps ten); anything longer is refused before it is parsed.
-MAX_CREDENTIAL = 64 * 1024
+# Refused before it is parsed (see ceremonies.MAX_CREDENTIAL); mfa.forms.ReauthForm too.
+MAX_CREDENTIAL = ceremonies.MAX_CREDENTIAL
 
 
 def _credential_field() -> forms.CharField:

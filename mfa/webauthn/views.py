@@ -1,4 +1,5 @@
-"""The web layer of security keys: the login's key step, and the keys on the security page.
+"""The web layer of security keys: the login's key step, the keys on the security page, and
+the options of a re-authentication with a key (its answer is posted to ``mfa.views._reauth``).
 
 Every ceremony is two requests: a POST for the options (JSON, the challenge kept in the
 session), then the form post of the browser's answer, filled in by mfa/webauthn.js. Without
@@ -41,6 +42,7 @@ __all__ = [
     "add_key_view",
     "login_options_view",
     "login_view",
+    "reauth_options_view",
     "register_options_view",
     "remove_key_view",
     "rename_key_view",
@@ -138,6 +140,40 @@ def _verify_page(request: HttpRequest, user: Any, next_url: str, error: str) -> 
     return render(request, "mfa/verify.html", context, status=400)
 
 
+# --- Re-authentication ----------------------------------------------------------------------
+
+
+@never_cache
+@login_required
+@require_POST
+def reauth_options_view(request: HttpRequest) -> HttpResponse:
+    """The options of a key's answer to a re-authentication (mfa/_reauth.html's key button).
+
+    The answer comes back with the password in the page's own form, to ``_reauth``: the
+    challenge (purpose REAUTH) is bound to this user and this session's last sign-in, never to
+    a pending login, and answers one re-authentication at most.
+    """
+    user = request.user
+    # Counted like the key's registration: an answer needs a challenge, so a flood of options
+    # is a flood of attempts. Not on the login's per-username budget: no password is checked
+    # here (the form post that follows counts on both).
+    if limited := throttle.check_rates(request, _password_rates(user)[0]):
+        return JsonResponse(
+            {"error": "too many"}, status=429, headers={"Retry-After": str(limited.retry_after)}
+        )
+    credentials = list(WebAuthnCredential.objects.filter(user=user))
+    if not credentials:
+        return JsonResponse({"error": "no security key"}, status=404)
+    body = ceremonies.begin_authentication(
+        request,
+        user,
+        credentials,
+        flows.webauthn_binding(request, ceremonies.REAUTH),
+        purpose=ceremonies.REAUTH,
+    )
+    return _json(body)
+
+
 # --- The security page ----------------------------------------------------------------------
 
 
@@ -216,7 +252,7 @@ def rename_key_view(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("mfa:security")
 
 
-@sensitive_post_parameters("password", "code")
+@sensitive_post_parameters("password", "code", "credential")
 @never_cache
 @login_required
 @require_http_methods(["GET", "HEAD", "POST"])
