@@ -13,7 +13,7 @@ import pytest
 from django.test import Client
 
 from mfa import flows, totp
-from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, WebAuthnCredential
+from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, TwoFactor, WebAuthnCredential
 from mfa.webauthn import ceremonies
 
 from .conftest import PASSWORD, enrol, full_login, is_logged_in, login_password
@@ -433,7 +433,7 @@ def test_backed_off_before_any_check(client, signed_in):
 
     enrolled, key = signed_in
     good = answer(client, key)
-    TOTPDevice.objects.filter(user=enrolled.user).update(
+    TwoFactor.objects.filter(user=enrolled.user).update(
         failure_count=5, blocked_until=timezone.now() + timezone.timedelta(minutes=5)
     )
     assert post(client, DISABLE, good).status_code == 429
