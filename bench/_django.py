@@ -1,7 +1,9 @@
 """Set up Django in this process on a throw-away SQLite database and key ring (benchmarks)."""
 
+import atexit
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def setup(database_url: str | None = None) -> Path:
     """Configure the environment, django.setup(), create the ring and tables; return tmp dir."""
     tmp = Path(tempfile.mkdtemp(prefix="mfa-bench-"))
+    # Throw-away: the key ring and the database go with the process.
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     for key in [k for k in os.environ if k.startswith(("DJANGO_", "MFA_"))]:

@@ -39,7 +39,7 @@ def main() -> None:
     from django.test import Client, override_settings
 
     from mfa import crypto, totp
-    from mfa.models import TOTPDevice, WebAuthnCredential
+    from mfa.models import TOTPDevice, TwoFactor, WebAuthnCredential
     from tests.soft_authenticator import SoftAuthenticator
 
     overrides = override_settings(
@@ -57,6 +57,7 @@ def main() -> None:
     def make_user(i: int):
         user = get_user_model().objects.create_user(f"u{i}", f"u{i}@example.com", PASSWORD)
         secret = totp.generate_secret()
+        TwoFactor.objects.create(user=user)  # 2FA on: an app and a key, one back-off
         TOTPDevice.objects.create(
             user=user, encrypted_secret=crypto.encrypt_secret(secret, user.pk)
         )

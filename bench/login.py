@@ -293,7 +293,7 @@ def _summary(samples: list[dict]) -> dict:
     }
 
 
-def _micro(connection, device_pk: int, runs: int = 200) -> dict:
+def _micro(connection, row_pk: int, runs: int = 200) -> dict:
     """Unit costs on this machine: a round trip, a durable commit, Redis calls."""
     import redis
     from django.core.cache import cache
@@ -311,7 +311,7 @@ def _micro(connection, device_pk: int, runs: int = 200) -> dict:
         out["pg SELECT 1"] = median_ms(lambda: cursor.execute("SELECT 1"))
         out["pg UPDATE one row, autocommit (durable commit)"] = median_ms(
             lambda: cursor.execute(
-                "UPDATE mfa_totpdevice SET failure_count = 0 WHERE id = %s", [device_pk]
+                "UPDATE mfa_twofactor SET failure_count = 0 WHERE id = %s", [row_pk]
             ),
             n=100,
         )
@@ -341,9 +341,10 @@ def _micro(connection, device_pk: int, runs: int = 200) -> dict:
     from django.db import transaction
     from django.utils import timezone
 
-    from mfa.models import SecurityEvent, TOTPDevice
+    from mfa import flows
+    from mfa.models import SecurityEvent, TOTPDevice, TwoFactor
 
-    user = get_user_model().objects.get(pk=TOTPDevice.objects.get(pk=device_pk).user_id)
+    user = get_user_model().objects.get(pk=TwoFactor.objects.get(pk=row_pk).user_id)
     table = connection.ops.quote_name(SecurityEvent._meta.db_table)
     insert = (
         f"INSERT INTO {table} (user_id, kind, created_at, ip_address, user_agent, detail) "
@@ -364,8 +365,15 @@ def _micro(connection, device_pk: int, runs: int = 200) -> dict:
         out["user.save(update_fields=['last_login']) (update_last_login)"] = median_ms(
             lambda: user.save(update_fields=["last_login"])
         )
-        out["TOTPDevice.objects.filter(user=user).first() (flows._device)"] = median_ms(
+        out["TwoFactor.objects.filter(user=user).first() (flows._two_factor)"] = median_ms(
+            lambda: TwoFactor.objects.filter(user=user).first()
+        )
+        out["TOTPDevice.objects.filter(user=user).first() (flows.verify_totp)"] = median_ms(
             lambda: TOTPDevice.objects.filter(user=user).first()
+        )
+        row = TwoFactor.objects.get(pk=row_pk)
+        out["flows._accept (conditional UPDATE mfa_twofactor)"] = median_ms(
+            lambda: flows._accept(row, user, timezone.now())
         )
         out["User.objects.filter(pk=..).first() (flows.pending_user)"] = median_ms(
             lambda: get_user_model()._default_manager.filter(pk=user.pk).first()
@@ -403,7 +411,7 @@ def child_profile() -> dict:
     from django.test.client import ClientHandler
 
     from mfa import crypto, flows, middleware, sessions, throttle, totp
-    from mfa.models import TOTPDevice
+    from mfa.models import TwoFactor
     from mfa.session_store import SessionStore
 
     users = list(json.load(sys.stdin).items())
@@ -461,7 +469,8 @@ def child_profile() -> dict:
     probe.time(SessionStore, "delete", "  session delete (old key)")
     probe.time(flows, "auth_login", "django.contrib.auth.login")
     probe.time(get_user_model(), "save", "  user.save (update_last_login)")
-    probe.time(flows, "_device", "flows._device (SELECT mfa_totpdevice)")
+    probe.time(flows, "_two_factor", "flows._two_factor (SELECT mfa_twofactor)")
+    probe.time(flows, "_accept", "  flows._accept (UPDATE mfa_twofactor)")
     probe.time(crypto, "decrypt_secret", "crypto.decrypt_secret")
     probe.time(totp, "matching_step", "totp.matching_step")
     probe.time(flows, "record", "SecurityEvent insert (flows.record)")
@@ -510,7 +519,7 @@ def child_profile() -> dict:
                 "flat": profiler.output_text(flat=True),
             }
 
-    device_pk = TOTPDevice.objects.values_list("pk", flat=True).first()
+    row_pk = TwoFactor.objects.values_list("pk", flat=True).first()
     return {
         "timed": {
             step: {
@@ -521,7 +530,7 @@ def child_profile() -> dict:
             for step, v in timed.items()
         },
         "counted": {step: _summary(v) for step, v in counted.items()},
-        "micro_ms": _micro(connection, device_pk),
+        "micro_ms": _micro(connection, row_pk),
         "pyinstrument": profiles,
     }
 

@@ -34,9 +34,10 @@ def main() -> None:
 
     from mfa import flows, recovery, totp
     from mfa.crypto import encrypt_secret
-    from mfa.models import RecoveryCode, TOTPDevice
+    from mfa.models import RecoveryCode, TOTPDevice, TwoFactor
 
     user = get_user_model().objects.create_user("bench", "bench@example.com", "x" * 20)
+    TwoFactor.objects.create(user=user)
     TOTPDevice.objects.create(
         user=user, encrypted_secret=encrypt_secret(totp.generate_secret(), user.pk)
     )
@@ -58,7 +59,7 @@ def main() -> None:
     def attempt(selector: str) -> tuple[float, float]:
         # A wrong verifier behind the given selector. The back-off would stop the checks
         # after five failures, so the failure count is reset between attempts (untimed).
-        TOTPDevice.objects.filter(user=user).update(failure_count=0, blocked_until=None)
+        TwoFactor.objects.filter(user=user).update(failure_count=0, blocked_until=None)
         parsed = recovery.ParsedCode(selector, "0" * recovery.VERIFIER_LENGTH)
         started, cpu = time.perf_counter(), time.thread_time()
         outcome = flows.verify_recovery_code(request, user, parsed)

@@ -53,7 +53,7 @@ def child_fill(count: int) -> dict:
     from django.contrib.auth import get_user_model
 
     from mfa import crypto, totp
-    from mfa.models import TOTPDevice
+    from mfa.models import TOTPDevice, TwoFactor
 
     started = time.perf_counter()
     user_model = get_user_model()
@@ -64,6 +64,8 @@ def child_fill(count: int) -> dict:
         )
     pks = list(user_model.objects.order_by("pk").values_list("pk", flat=True))
     for offset in range(0, len(pks), 5000):
+        # Users as the app makes them: 2FA on (the TwoFactor row), then the app's secret.
+        TwoFactor.objects.bulk_create(TwoFactor(user_id=pk) for pk in pks[offset : offset + 5000])
         TOTPDevice.objects.bulk_create(
             TOTPDevice(
                 user_id=pk, encrypted_secret=crypto.encrypt_secret(totp.generate_secret(), pk)

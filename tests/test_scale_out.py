@@ -119,8 +119,9 @@ def outage(deployment):
 def device_row(site, pk: int) -> tuple[int, object, int]:
     with psycopg.connect(site.database_url) as conn:
         row = conn.execute(
-            "SELECT failure_count, blocked_until, last_used_step FROM mfa_totpdevice "
-            "WHERE user_id = %s",
+            # The back-off is the user's TwoFactor row's; the replay guard the app's.
+            "SELECT t.failure_count, t.blocked_until, d.last_used_step FROM mfa_twofactor t "
+            "JOIN mfa_totpdevice d ON d.user_id = t.user_id WHERE t.user_id = %s",
             (pk,),
         ).fetchone()
     assert row is not None
