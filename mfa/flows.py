@@ -807,6 +807,11 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
         return None
     with transaction.atomic():
         turned_on = _turn_on(user)
+        if not turned_on and not reauthenticated_within(request, settings.REAUTH_AGE):
+            # 2FA turned on in another session since the setup page let this one in with a
+            # password alone: joining it takes a second factor proved lately (the view then
+            # asks for one), checked here where the device would be saved.
+            return None
         _device, created = TOTPDevice.objects.get_or_create(
             user=user,
             defaults={

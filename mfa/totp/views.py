@@ -99,6 +99,10 @@ def setup_view(request: HttpRequest) -> HttpResponse:
             if codes is not None:  # joined the user's keys; their recovery codes stay
                 messages.success(request, _("Authenticator app added."))
                 return redirect(next_url or "mfa:security")
+            if not adding and flows.has_2fa(user) and (refused := reauth_refusal(request)):
+                # 2FA turned on meanwhile (a key, in another session): the app may join it
+                # only after the password and a second factor again.
+                return refused
             form.add_error(
                 "code", _("That code does not match. Check the app shows this account's code.")
             )

@@ -15,6 +15,7 @@ from django.http import HttpRequest
 from django.views.decorators.debug import sensitive_variables
 
 from .. import flows, notify, signals
+from ..conf import settings
 from ..models import SecurityEvent, TOTPDevice, TwoFactor, WebAuthnCredential
 from . import ceremonies
 
@@ -28,6 +29,9 @@ class AddResult:
     STALE = "stale"  # no live challenge: expired, already used, or never asked for
     REJECTED = "rejected"  # wrong origin, RP ID, challenge, or a bad attestation
     DUPLICATE = "duplicate"  # this credential is registered already (to anyone)
+    # 2FA turned on meanwhile (another session's first factor), and this session has not
+    # proved a factor lately: the view's check was for a user without 2FA.
+    STEP_UP = "step_up"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,13 @@ def add(
         with transaction.atomic():
             # In the key's transaction: 2FA is on if and only if the key was saved.
             codes = flows.turn_on_with_key(user)
+            if codes is None and not flows.reauthenticated_within(request, settings.REAUTH_AGE):
+                # The view let this session in while 2FA was off (a fresh password was
+                # enough); another session turned it on since. Joining a user's 2FA takes a
+                # second factor proved lately, checked here, in the transaction that would
+                # save the key, or a session that never proved one adds a way in.
+                transaction.set_rollback(True)
+                return Added(AddResult.STEP_UP)
             key = WebAuthnCredential.objects.create(
                 user=user,
                 # Unique across users: a credential id claimed twice is refused, so no

@@ -219,6 +219,9 @@ def add_key_view(request: HttpRequest) -> HttpResponse:
                 # The first factor: 2FA is on now, and these codes are the way back in
                 # without the key. Shown once, in the response to the POST that made them.
                 return show_recovery_codes(request, added.recovery_codes, enrolled=True)
+            if added.result == keys.AddResult.STEP_UP:
+                # 2FA turned on meanwhile: now the check asks for a second factor too.
+                return _may_add(request) or redirect("mfa:webauthn_add")
             if added.result == keys.AddResult.OK:
                 messages.success(request, _("Security key added."))
                 return redirect("mfa:security")
