@@ -831,8 +831,13 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
 
 def _turn_on(user: Any) -> bool:
     """Make sure ``user`` has a TwoFactor row (inside the new factor's transaction); return
-    whether this created it, i.e. whether 2FA is turning on now."""
-    _row, created = TwoFactor.objects.get_or_create(user=user)
+    whether this created it, i.e. whether 2FA is turning on now.
+
+    The row found is locked until the factor commits: turning 2FA off meanwhile (``_remove``
+    deletes this row first) then waits, and deletes the new factor too, instead of leaving it
+    saved under no TwoFactor row (a factor that would not be asked for).
+    """
+    _row, created = TwoFactor.objects.select_for_update().get_or_create(user=user)
     return created
 
 

@@ -6,12 +6,9 @@ are attacks that held, kept so that they keep holding.
 """
 
 import threading
-from datetime import timedelta
 
 import pytest
-from django.db import connection, connections
-from django.db.migrations.executor import MigrationExecutor
-from django.utils import timezone
+from django.db import connections, transaction
 
 from mfa import flows, totp
 from mfa.models import TOTPDevice, TwoFactor, WebAuthnCredential
@@ -139,28 +136,44 @@ def test_two_removals_of_the_last_two_keys_leave_one(user, monkeypatch):
     assert WebAuthnCredential.objects.filter(user=user).count() == 1
 
 
-# --- Held: upgrading keeps every back-off and lock ------------------------------------------
+# --- Held: turning 2FA off while a factor is being added --------------------------------------
 
 
 @pytest.mark.django_db(transaction=True)
-def test_migration_0006_keeps_locks_and_back_offs():
-    before = [("mfa", "0005_security_event_kinds")]
-    executor = MigrationExecutor(connection)
-    executor.migrate(before)
-    apps = executor.loader.project_state(before).apps
-    User, Device = apps.get_model("auth", "User"), apps.get_model("mfa", "TOTPDevice")
-    now = timezone.now()
-    locked, backed = User.objects.create(username="locked"), User.objects.create(username="b")
-    Device.objects.create(
-        user=locked, encrypted_secret="x", failure_count=20, locked_at=now, blocked_until=now
+def test_turning_2fa_off_during_an_addition_leaves_no_factor_behind(user):
+    # The addition joins the TwoFactor row and saves its key, then is held before its commit
+    # while "turn 2FA off" runs. Without the row's lock (seen on PostgreSQL) the removal
+    # deletes the row, cannot see the uncommitted key, and commits first: the key is then
+    # saved under no TwoFactor row, a factor that signing in would never ask for.
+    TwoFactor.objects.create(user=user)
+    give_key(user)
+    saved, go = threading.Event(), threading.Event()
+
+    def add():
+        try:
+            with transaction.atomic():
+                flows.turn_on_with_key(user)
+                give_key(user)
+                saved.set()
+                go.wait(10)
+        finally:
+            connections.close_all()
+
+    def turn_off():
+        try:
+            flows._remove(user)
+        finally:
+            connections.close_all()
+
+    adding, removing = threading.Thread(target=add), threading.Thread(target=turn_off)
+    adding.start()
+    assert saved.wait(10)
+    removing.start()
+    removing.join(1)  # let the removal reach the lock (or, without it, delete and commit)
+    go.set()
+    adding.join()
+    removing.join()
+    orphans = WebAuthnCredential.objects.filter(user=user).exclude(
+        user__mfa_two_factor__isnull=False
     )
-    Device.objects.create(
-        user=backed, encrypted_secret="y", failure_count=6, blocked_until=now + timedelta(hours=1)
-    )
-    executor = MigrationExecutor(connection)
-    executor.migrate(executor.loader.graph.leaf_nodes())
-    row = TwoFactor.objects.get(user_id=locked.pk)
-    assert (row.failure_count, row.locked_at) == (20, now)
-    row = TwoFactor.objects.get(user_id=backed.pk)
-    later = now + timedelta(hours=1)
-    assert (row.failure_count, row.blocked_until, row.locked_at) == (6, later, None)
+    assert not orphans.exists()

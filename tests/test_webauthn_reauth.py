@@ -424,7 +424,8 @@ def test_failures_count_towards_the_back_off(client, signed_in, settings):
     for _ in range(2):
         post(client, DISABLE, answer(client, key, origin="https://evil.test"))
     assert failures(enrolled) == 2
-    assert post(client, DISABLE, answer(client, key)).status_code == 429
+    # Backed off now: not even a challenge (a good answer to an earlier one: the next test).
+    assert client.post(REAUTH_OPTIONS).status_code == 429
     assert still_on(enrolled)
 
 
@@ -441,3 +442,15 @@ def test_backed_off_before_any_check(client, signed_in):
     assert WebAuthnCredential.objects.get().sign_count == 0
     # Not even looked at: the challenge is still there, unspent.
     assert ceremonies.CHALLENGE_KEY in client.session
+
+
+def test_no_challenge_while_backed_off(client, signed_in):
+    from django.utils import timezone
+
+    enrolled, _key = signed_in
+    TwoFactor.objects.filter(user=enrolled.user).update(
+        failure_count=5, blocked_until=timezone.now() + timezone.timedelta(minutes=5)
+    )
+    response = client.post(REAUTH_OPTIONS)
+    assert response.status_code == 429 and int(response["Retry-After"]) > 60
+    assert ceremonies.CHALLENGE_KEY not in client.session

@@ -158,9 +158,10 @@ def reauth_options_view(request: HttpRequest) -> HttpResponse:
     # is a flood of attempts. Not on the login's per-username budget: no password is checked
     # here (the form post that follows counts on both).
     if limited := throttle.check_rates(request, _password_rates(user)[0]):
-        return JsonResponse(
-            {"error": "too many"}, status=429, headers={"Retry-After": str(limited.retry_after)}
-        )
+        return _too_many_json(flows.refusal(user, limited))
+    # As at the login: while every answer is refused unchecked, no challenge is made.
+    if blocked := flows.backed_off(user):
+        return _too_many_json(blocked)
     credentials = list(WebAuthnCredential.objects.filter(user=user))
     if not credentials:
         return JsonResponse({"error": "no security key"}, status=404)
