@@ -87,19 +87,27 @@ def _options_rates(request: HttpRequest, user: Any) -> tuple[throttle.Check, ...
 @require_POST
 @pending_required
 def login_options_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
-    if limited := throttle.check_rates(request, *_options_rates(request, user)):
-        # Retry-After: not before the account's back-off ends, if that lasts longer.
+    return _assertion_options(request, user, _options_rates(request, user), ceremonies.LOGIN)
+
+
+def _assertion_options(
+    request: HttpRequest, user: Any, rates: tuple[throttle.Check, ...], purpose: str
+) -> HttpResponse:
+    """The options of a key's answer (``purpose``: a login's or a re-authentication's), as JSON.
+
+    429 over the rate limits (Retry-After: not before the account's back-off ends, if that
+    lasts longer), and while backed off or locked: every answer would be refused unchecked
+    until then, so no challenge is made for one. 404 for a user without keys.
+    """
+    if limited := throttle.check_rates(request, *rates):
         return _too_many_json(flows.refusal(user, limited))
     if blocked := flows.backed_off(user):
-        # Every answer would be refused unchecked until then: no challenge is made for one.
         return _too_many_json(blocked)
     credentials = list(WebAuthnCredential.objects.filter(user=user))
     if not credentials:
         return JsonResponse({"error": "no security key"}, status=404)
-    body = ceremonies.begin_authentication(
-        request, user, credentials, flows.webauthn_binding(request)
-    )
-    return _json(body)
+    bind = flows.webauthn_binding(request, purpose)
+    return _json(ceremonies.begin_authentication(request, user, credentials, bind, purpose))
 
 
 @sensitive_post_parameters("credential")
@@ -157,22 +165,7 @@ def reauth_options_view(request: HttpRequest) -> HttpResponse:
     # Counted like the key's registration: an answer needs a challenge, so a flood of options
     # is a flood of attempts. Not on the login's per-username budget: no password is checked
     # here (the form post that follows counts on both).
-    if limited := throttle.check_rates(request, _password_rates(user)[0]):
-        return _too_many_json(flows.refusal(user, limited))
-    # As at the login: while every answer is refused unchecked, no challenge is made.
-    if blocked := flows.backed_off(user):
-        return _too_many_json(blocked)
-    credentials = list(WebAuthnCredential.objects.filter(user=user))
-    if not credentials:
-        return JsonResponse({"error": "no security key"}, status=404)
-    body = ceremonies.begin_authentication(
-        request,
-        user,
-        credentials,
-        flows.webauthn_binding(request, ceremonies.REAUTH),
-        purpose=ceremonies.REAUTH,
-    )
-    return _json(body)
+    return _assertion_options(request, user, _password_rates(user)[:1], ceremonies.REAUTH)
 
 
 # --- The security page ----------------------------------------------------------------------

@@ -323,3 +323,11 @@ def described_by_text(page, selector: str = "#id_code") -> str:
     """The text a screen reader reads as the field's description."""
     refs = (page.locator(selector).get_attribute("aria-describedby") or "").split()
     return " ".join(page.locator(f"#{ref}").inner_text() for ref in refs)
+
+
+@pytest.fixture
+def relying_party(settings, site):
+    """Security keys against the live server: its origin, and localhost as the RP ID."""
+    # The live server is http://localhost:<port>: a secure context, and a valid RP ID.
+    settings.MFA_WEBAUTHN_RP_ID = "localhost"
+    settings.MFA_WEBAUTHN_ORIGINS = [site]

@@ -11,7 +11,7 @@ from mfa.models import RecoveryCode, SecurityEvent, TwoFactor, WebAuthnCredentia
 from tests.conftest import PASSWORD
 
 from .conftest import axe_violations, path_of, shot, sign_in
-from .test_webauthn import relying_party, virtual_authenticator  # noqa: F401 (fixture)
+from .test_webauthn import virtual_authenticator
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -19,7 +19,7 @@ HOME, VERIFY, SECURITY = "/", "/accounts/2fa/verify/", "/accounts/security/"
 Kind = SecurityEvent.Kind
 
 
-def test_a_passkey_alone_turns_2fa_on_signs_in_and_turns_it_off(site, user, pages, relying_party):  # noqa: F811
+def test_a_passkey_alone_turns_2fa_on_signs_in_and_turns_it_off(site, user, pages, relying_party):
     page = pages.new()
     virtual_authenticator(page)
     sign_in(page, site, "alice", PASSWORD)

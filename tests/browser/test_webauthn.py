@@ -20,13 +20,6 @@ SECURITY = "/accounts/security/"
 Kind = SecurityEvent.Kind
 
 
-@pytest.fixture
-def relying_party(settings, site):
-    # The live server is http://localhost:<port>: a secure context, and a valid RP ID.
-    settings.MFA_WEBAUTHN_RP_ID = "localhost"
-    settings.MFA_WEBAUTHN_ORIGINS = [site]
-
-
 def virtual_authenticator(page) -> tuple:
     cdp = page.context.new_cdp_session(page)
     cdp.send("WebAuthn.enable")

@@ -21,13 +21,6 @@ KEY_BUTTON = "Use your security key instead of a code"
 Kind = SecurityEvent.Kind
 
 
-@pytest.fixture
-def relying_party(settings, site):
-    # The live server is http://localhost:<port>: a secure context, and a valid RP ID.
-    settings.MFA_WEBAUTHN_RP_ID = "localhost"
-    settings.MFA_WEBAUTHN_ORIGINS = [site]
-
-
 def test_regenerate_recovery_codes_with_password_and_key(site, user, pages, relying_party):
     enrolled = enrol(user)
     page = pages.new()

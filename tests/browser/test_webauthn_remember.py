@@ -25,13 +25,6 @@ BOX = "Don't ask again on this browser for 30 days"
 Kind = SecurityEvent.Kind
 
 
-@pytest.fixture
-def relying_party(settings, site):
-    # The live server is http://localhost:<port>: a secure context, and a valid RP ID.
-    settings.MFA_WEBAUTHN_RP_ID = "localhost"
-    settings.MFA_WEBAUTHN_ORIGINS = [site]
-
-
 def virtual_authenticator(page, key: SoftAuthenticator) -> None:
     """Attach a virtual authenticator to ``page`` that holds ``key``'s credential."""
     cdp = page.context.new_cdp_session(page)
