@@ -156,11 +156,15 @@ class RecoveryCodeForm(TextOnlyForm):
     """A recovery code; case, spaces and dashes are forgiven.
 
     ``imported``: whether the user holds codes imported from django-otp (8 characters).
+    ``has_app``: whether the user has an authenticator app. Without one, a 6-digit code is a
+    form error whatever the password: refusing it only after a right password would tell a
+    session thief that the password they tried is right.
     """
 
-    def __init__(self, *args, imported: bool = True, **kwargs):
+    def __init__(self, *args, imported: bool = True, has_app: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.imported = imported
+        self.has_app = has_app
 
     code = forms.CharField(
         label=_("Recovery code"),
@@ -194,16 +198,24 @@ class PasswordForm(TextOnlyForm):
     )
 
 
+# A 6-digit code from a user with security keys only (never checked, never counted).
+NO_APP = _("This account has no authenticator app: use your security key or a recovery code.")
+
+
 class ReauthForm(PasswordForm):
     """The password again, and either a current TOTP code or an unused recovery code, or a
     security key's answer (``credential``, filled in by mfa/webauthn.js): exactly one of them.
 
     ``imported``: whether the user holds codes imported from django-otp (8 characters).
+    ``has_app``: whether the user has an authenticator app. Without one, a 6-digit code is a
+    form error whatever the password: refusing it only after a right password would tell a
+    session thief that the password they tried is right.
     """
 
-    def __init__(self, *args, imported: bool = True, **kwargs):
+    def __init__(self, *args, imported: bool = True, has_app: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.imported = imported
+        self.has_app = has_app
 
     code = forms.CharField(
         label=_("Code from your app, or a recovery code"),
@@ -231,6 +243,8 @@ class ReauthForm(PasswordForm):
 
     def clean_code(self) -> str:
         raw = self.cleaned_data["code"]
+        if raw and not self.has_app and totp.normalize_code(raw) is not None:
+            raise forms.ValidationError(NO_APP, code="no_app")
         if raw and totp.normalize_code(raw) is None and recovery.parse(raw, self.imported) is None:
             raise forms.ValidationError(
                 _("Enter the 6-digit code from your app, or one of your recovery codes."),

@@ -14,7 +14,6 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy as _lazy
 from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
@@ -24,6 +23,7 @@ from . import conf, flows, remember, sessions, throttle
 from .conf import settings
 from .decorators import redirect_with_next, verified_if_enrolled
 from .forms import (
+    NO_APP,
     CodeForm,
     LoginForm,
     PasswordForm,
@@ -42,8 +42,6 @@ Result = flows.Result
 GET_POST = require_http_methods(["GET", "HEAD", "POST"])
 # How a login's second step was made, as the audit trail records it.
 TOTP, RECOVERY = flows.TOTP, flows.RECOVERY
-# A 6-digit code from a user with security keys only (``Result.ABSENT``: not counted).
-NO_APP = _lazy("This account has no authenticator app: use your security key or a recovery code.")
 
 
 # --- Helpers --------------------------------------------------------------------------------
@@ -342,9 +340,11 @@ def _reauth(
     if not flows.has_2fa(user):
         messages.info(request, _("Two-factor authentication is off."))
         return redirect("mfa:security")
+    posted = request.method == "POST"
     form = ReauthForm(
-        request.POST if request.method == "POST" else None,
-        imported=request.method == "POST" and flows.has_imported_codes(user),
+        request.POST if posted else None,
+        imported=posted and flows.has_imported_codes(user),
+        has_app=not posted or flows.has_app(user),
     )
     status = 200
     if request.method == "POST":

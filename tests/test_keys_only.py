@@ -254,3 +254,21 @@ def test_an_app_joins_the_keys(client, clock, key_only):
     assert SecurityEvent.objects.filter(kind=Kind.APP_ADDED).count() == 1
     assert not SecurityEvent.objects.filter(kind=Kind.ENABLED).exists()
     assert any("authenticator app was added" in m.subject for m in mail.outbox)
+
+
+def test_a_six_digit_code_at_re_authentication_tells_nothing_of_the_password(
+    client, clock, key_only
+):
+    """Without an app, a 6-digit code is refused before the password is looked at: the same
+    answer for a right and a wrong password, so a session thief learns nothing from it."""
+    key_login(client, key_only)
+    answers = [
+        client.post(DISABLE, {"password": password, "code": "123456"})
+        for password in (PASSWORD, "wrong guess")
+    ]
+    assert [a.status_code for a in answers] == [400, 400]
+    errors = [a.context["form"].errors for a in answers]
+    assert errors[0] == errors[1]
+    assert b"no authenticator app" in answers[0].content
+    assert not SecurityEvent.objects.filter(kind=Kind.PASSWORD_FAILED).exists()
+    assert flows.has_2fa(key_only.user)
