@@ -85,6 +85,7 @@ __all__ = [
     "refusal",
     "regenerate_recovery_codes",
     "remember_browser",
+    "remove_app",
     "reset",
     "second_factor_verified",
     "two_factor_pk",
@@ -901,6 +902,26 @@ def _remove(user: Any) -> None:
         # Turned off or reset: no browser may skip a second factor enrolled later.
         remember.forget_all(user)
         WebAuthnCredential.objects.filter(user=user).delete()
+
+
+def remove_app(request: HttpRequest, user: Any) -> bool:
+    """Remove the user's authenticator app, their security keys staying (after
+    re-authentication by the view). False, and nothing changed, when the app is their last
+    factor (no key: turning 2FA off is the way) or gone."""
+    with transaction.atomic():
+        # The TwoFactor row's lock, as for a key's removal: a key removed at the same moment
+        # cannot leave the user with no factor.
+        list(TwoFactor.objects.select_for_update().filter(user=user).values_list("pk"))
+        if not WebAuthnCredential.objects.filter(user=user).exists():
+            return False
+        deleted, _ = TOTPDevice.objects.filter(user=user).delete()
+        if not deleted:
+            return False
+        record(request, user, Kind.APP_REMOVED)
+    _offer_end_sessions(request)
+    signals.send(signals.factor_removed, request, user, method=TOTP)
+    notify.send(user, Kind.APP_REMOVED)
+    return True
 
 
 def disable(request: HttpRequest, user: Any) -> None:

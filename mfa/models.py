@@ -157,6 +157,7 @@ class SecurityEvent(models.Model):
         KEY_USED = "key_used", _("Signed in with a security key")
         KEY_CLONED = "key_cloned", _("Security key's counter went back: possibly cloned")
         APP_ADDED = "app_added", _("Authenticator app added")
+        APP_REMOVED = "app_removed", _("Authenticator app removed")
 
     # SET_NULL: deleting a user keeps their audit trail.
     user = models.ForeignKey(

@@ -39,6 +39,7 @@ def _subjects() -> dict[str, str]:
         "key_used": _("A security key was used to sign in"),
         "key_cloned": _("A security key may have been copied"),
         "app_added": _("An authenticator app was added to your account"),
+        "app_removed": _("The authenticator app was removed from your account"),
     }
 
 

@@ -6,8 +6,9 @@ Every signal is sent with ``sender`` = the user's class and these keyword argume
   authenticator app or a security key).
 - ``factor_added(request, user, method)``: a factor was added (also the first, after
   ``two_factor_enabled``); ``method`` is ``"totp"`` or ``"security key"``.
-- ``factor_removed(request, user, method)``: one security key was removed, by its owner or an
-  administrator (``request`` is then the administrator's), while 2FA stays on. Turning 2FA
+- ``factor_removed(request, user, method)``: one factor was removed while 2FA stays on: a
+  security key (``"security key"``), by its owner or an administrator (``request`` is then the
+  administrator's), or the authenticator app (``"totp"``), by its owner. Turning 2FA
   off removes every factor and sends ``two_factor_disabled`` only.
 - ``two_factor_disabled(request, user, actor)``: it was removed; ``actor`` is None when the
   user turned it off, or the administrator's description (``flows.reset``). For a reset,

@@ -23,6 +23,7 @@ urlpatterns = [
     path("2fa/key/", webauthn_views.login_view, name="webauthn_login"),
     path("2fa/key/options/", webauthn_views.login_options_view, name="webauthn_login_options"),
     path("2fa/setup/", totp_views.setup_view, name="setup"),
+    path("2fa/app/remove/", totp_views.remove_app_view, name="app_remove"),
     path("2fa/disable/", views.disable_view, name="disable"),
     path("2fa/recovery-codes/", recovery_views.regenerate_view, name="regenerate"),
     path("security/", views.security_view, name="security"),

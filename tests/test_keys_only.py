@@ -14,7 +14,7 @@ from mfa.models import RecoveryCode, SecurityEvent, TOTPDevice, TwoFactor, WebAu
 from mfa.test import enrol, verified_login
 from mfa.webauthn import keys
 
-from .conftest import PASSWORD, enrolling_secret, is_logged_in, login_password
+from .conftest import PASSWORD, enrolling_secret, full_login, is_logged_in, login_password
 from .soft_authenticator import SoftAuthenticator
 from .test_webauthn import ADD, ADD_OPTIONS, KEY_OPTIONS, give_key, options, pending, post_key
 
@@ -272,3 +272,40 @@ def test_a_six_digit_code_at_re_authentication_tells_nothing_of_the_password(
     assert b"no authenticator app" in answers[0].content
     assert not SecurityEvent.objects.filter(kind=Kind.PASSWORD_FAILED).exists()
     assert flows.has_2fa(key_only.user)
+
+
+# --- Removing the app, keys staying ---------------------------------------------------------
+
+REMOVE_APP = "/accounts/2fa/app/remove/"
+
+
+@pytest.fixture
+def app_and_key(user_with_totp):
+    return user_with_totp, give_key(user_with_totp.user)
+
+
+def test_the_app_is_removed_with_the_password_and_a_second_factor(client, clock, app_and_key):
+    enrolled, _key = app_and_key
+    full_login(client, enrolled)
+    assert REMOVE_APP in client.get(SECURITY).content.decode()
+    assert (
+        client.post(REMOVE_APP, {"password": "wrong", "code": enrolled.code(1)}).status_code == 400
+    )
+    assert flows.has_app(enrolled.user)
+    response = client.post(REMOVE_APP, {"password": PASSWORD, "code": enrolled.codes[0]})
+    assert response.status_code == 302 and response["Location"] == SECURITY
+    assert not flows.has_app(enrolled.user) and flows.has_2fa(enrolled.user)
+    assert WebAuthnCredential.objects.filter(user=enrolled.user).exists()
+    assert SecurityEvent.objects.filter(kind=Kind.APP_REMOVED).count() == 1
+    assert any("authenticator app was removed" in m.subject for m in mail.outbox)
+
+
+def test_the_app_alone_is_not_removed_on_its_own(client, clock, user_with_totp):
+    full_login(client, user_with_totp)
+    assert REMOVE_APP not in client.get(SECURITY).content.decode()
+    page = client.get(REMOVE_APP)
+    assert page.status_code == 200 and b"only second factor" in page.content
+    client.post(REMOVE_APP, {"password": PASSWORD, "code": user_with_totp.codes[0]})
+    assert flows.has_app(user_with_totp.user)
+    assert not flows.remove_app(None, user_with_totp.user)  # the function refuses it too
+    assert flows.has_app(user_with_totp.user)

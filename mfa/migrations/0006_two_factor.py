@@ -128,6 +128,7 @@ class Migration(migrations.Migration):
                     ("key_used", "Signed in with a security key"),
                     ("key_cloned", "Security key's counter went back: possibly cloned"),
                     ("app_added", "Authenticator app added"),
+                    ("app_removed", "Authenticator app removed"),
                 ],
                 max_length=32,
             ),

@@ -24,11 +24,12 @@ from .. import conf, crypto, flows, totp
 from ..conf import settings
 from ..decorators import reauth_refusal, redirect_with_next
 from ..forms import CodeForm
+from ..models import WebAuthnCredential
 from ..pages import render
 from ..recovery.views import show_recovery_codes
-from ..views import GET_POST, _confirm_password, no_store, safe_next
+from ..views import GET_POST, _confirm_password, _reauth, no_store, safe_next
 
-__all__ = ["qr_data_uri", "setup_view"]
+__all__ = ["qr_data_uri", "remove_app_view", "setup_view"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,3 +135,29 @@ def _next_on_site(request: HttpRequest, candidate: str | None) -> str:
 
 def _to_setup(next_url: str) -> HttpResponse:
     return redirect_with_next("mfa:setup", next_url) if next_url else redirect("mfa:setup")
+
+
+@sensitive_post_parameters("password", "code", "credential")
+@never_cache
+@login_required
+@GET_POST
+def remove_app_view(request: HttpRequest) -> HttpResponse:
+    """Remove the authenticator app of a user who keeps security keys (password and a second
+    factor again); the last factor goes only by turning 2FA off."""
+    user = request.user
+    if not flows.has_app(user):
+        return redirect("mfa:security")
+    if not WebAuthnCredential.objects.filter(user=user).exists():
+        # Nothing to re-authenticate for: the page says how 2FA is turned off instead.
+        return render(request, "mfa/app_remove.html", {"last": True})
+
+    def done() -> HttpResponse:
+        if flows.remove_app(request, user):
+            messages.success(request, _("Authenticator app removed."))
+        else:  # its keys went meanwhile (another tab): the app stays
+            messages.error(
+                request, _("Your authenticator app is your last second factor: it stays.")
+            )
+        return redirect("mfa:security")
+
+    return _reauth(request, "mfa/app_remove.html", done)
