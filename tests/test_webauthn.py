@@ -253,19 +253,19 @@ def test_user_verification_required(client, clock, keyed, settings):
     assert post_key(client, key.get(options(client), flags=0x01 | UV)).status_code == 302
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        "",
-        "not json",
-        "[]",
-        '{"id": 1}',
-        json.dumps({"id": "AA", "rawId": "AA", "type": "public-key", "response": {}}),
-        "{" * 5000,
-        "x" * (1024 * 1024),
-    ],
-    ids=["empty", "garbage", "list", "bad-id", "no-response", "deep", "one-megabyte"],
-)
+# Browser answers that are not WebAuthn credentials at all, by name (also tests of re-auth).
+MALFORMED = {
+    "empty": "",
+    "garbage": "not json",
+    "list": "[]",
+    "bad-id": '{"id": 1}',
+    "no-response": json.dumps({"id": "AA", "rawId": "AA", "type": "public-key", "response": {}}),
+    "deep": "{" * 5000,
+    "one-megabyte": "x" * (1024 * 1024),
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_answer_is_a_clear_error(client, clock, keyed, body):
     enrolled, _key = keyed
     pending(client)

@@ -16,6 +16,7 @@ from tests.soft_authenticator import SoftAuthenticator
 from tests.test_webauthn import give_key
 
 from .conftest import path_of, shot, sign_in
+from .test_webauthn import virtual_authenticator
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -25,22 +26,9 @@ BOX = "Don't ask again on this browser for 30 days"
 Kind = SecurityEvent.Kind
 
 
-def virtual_authenticator(page, key: SoftAuthenticator) -> None:
+def authenticator_holding(page, key: SoftAuthenticator) -> None:
     """Attach a virtual authenticator to ``page`` that holds ``key``'s credential."""
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("WebAuthn.enable")
-    added = cdp.send(
-        "WebAuthn.addVirtualAuthenticator",
-        {
-            "options": {
-                "protocol": "ctap2",
-                "transport": "internal",
-                "hasResidentKey": True,
-                "hasUserVerification": True,
-                "isUserVerified": True,
-            }
-        },
-    )
+    cdp, authenticator = virtual_authenticator(page)
     private = key.key.private_bytes(
         serialization.Encoding.DER,
         serialization.PrivateFormat.PKCS8,
@@ -49,7 +37,7 @@ def virtual_authenticator(page, key: SoftAuthenticator) -> None:
     cdp.send(
         "WebAuthn.addCredential",
         {
-            "authenticatorId": added["authenticatorId"],
+            "authenticatorId": authenticator,
             "credential": {
                 "credentialId": base64.b64encode(key.credential_id).decode(),
                 "isResidentCredential": False,
@@ -65,7 +53,7 @@ def test_the_box_ticked_then_the_key_remembers_the_browser(site, user, pages, re
     enrol(user)
     key = give_key(user, SoftAuthenticator(rp_id="localhost"))
     page = pages.new()
-    virtual_authenticator(page, key)
+    authenticator_holding(page, key)
 
     sign_in(page, site, "alice", PASSWORD)
     assert path_of(page) == VERIFY
