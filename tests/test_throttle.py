@@ -185,7 +185,7 @@ def test_backoff_settings_are_honoured(settings):
 
 
 def test_record_failure_caps_blocked_until_at_a_day(user_with_totp, clock):
-    TwoFactor.objects.filter(pk=user_with_totp.device.pk).update(failure_count=40)
+    TwoFactor.objects.filter(user=user_with_totp.user).update(failure_count=40)
     now = timezone.now()
     failure = throttle.record_failure(user_with_totp.two_factor.pk, now)
     device = failure.row
@@ -217,7 +217,7 @@ def test_concurrent_failures_are_all_counted(clock, django_user_model):
 
 
 def test_hundredth_failure_locks_until_an_admin_unlocks(user_with_totp, clock, mailoutbox):
-    TwoFactor.objects.filter(pk=user_with_totp.device.pk).update(failure_count=99)
+    TwoFactor.objects.filter(user=user_with_totp.user).update(failure_count=99)
     client = pending_client()
     assert client.post(VERIFY_URL, {"code": wrong(user_with_totp)}).status_code == 400
     device = user_with_totp.two_factor
