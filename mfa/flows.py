@@ -60,6 +60,7 @@ from .webauthn import ceremonies
 
 __all__ = [
     "OnAccept",
+    "NeedsStepUp",
     "Outcome",
     "Result",
     "abandon_pending_login",
@@ -572,7 +573,7 @@ def verify_totp(
         return Outcome(Result.UNREADABLE)
     step = totp.matching_step(secret, code, totp.now(), settings.VALID_WINDOW)
     if step is None:
-        return _failed(request, user, row, "wrong code", "totp")
+        return _failed(request, user, row, "wrong code", TOTP)
     try:
         with transaction.atomic():
             # The back-off (first: every acceptance locks the TwoFactor row before its
@@ -616,7 +617,7 @@ def verify_recovery_code(
         .first()
     )
     if not recovery.verify(stored.code_hash if stored else None, parsed):
-        return _failed(request, user, row, "wrong recovery code", "recovery code")
+        return _failed(request, user, row, "wrong recovery code", RECOVERY)
     now = _now()
     try:
         with transaction.atomic():
@@ -794,7 +795,8 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
     Returns None if the code is wrong (nothing is written). For a user whose 2FA this turns
     on, returns their first recovery codes; for one who has it already with security keys,
     an empty list (their recovery codes stay). A user who has an app cannot replace it here:
-    ``disable`` first, with the password and a current code.
+    ``disable`` first, with the password and a current code. None too (nothing written) when
+    2FA was turned on meanwhile and this session must prove a factor first (``NeedsStepUp``).
     """
     token = request.session.get(ENROL_KEY)
     if not token:
@@ -806,48 +808,56 @@ def confirm_enrolment(request: HttpRequest, user: Any, code: str) -> list[str] |
     step = totp.matching_step(secret, code, totp.now(), settings.VALID_WINDOW)
     if step is None:
         return None
-    with transaction.atomic():
-        turned_on = _turn_on(user)
-        if not turned_on and not reauthenticated_within(request, settings.REAUTH_AGE):
-            # 2FA turned on in another session since the setup page let this one in with a
-            # password alone: joining it takes a second factor proved lately (the view then
-            # asks for one), checked here where the device would be saved.
-            return None
-        _device, created = TOTPDevice.objects.get_or_create(
-            user=user,
-            defaults={
-                # Encrypted afresh: the primary key may have changed since enrolment began.
-                "encrypted_secret": crypto.encrypt_secret(secret, user.pk),
-                # The confirming code is spent: it cannot also finish a login.
-                "last_used_step": step,
-            },
-        )
-        if not created:
-            return None  # an app confirmed meanwhile, in another tab: it had a TwoFactor row
-        codes = _replace_recovery_codes(user) if turned_on else []
+    try:
+        with transaction.atomic():
+            turned_on = _turn_on(request, user)
+            _device, created = TOTPDevice.objects.get_or_create(
+                user=user,
+                defaults={
+                    # Encrypted afresh: the primary key may have changed since enrolment began.
+                    "encrypted_secret": crypto.encrypt_secret(secret, user.pk),
+                    # The confirming code is spent: it cannot also finish a login.
+                    "last_used_step": step,
+                },
+            )
+            if not created:
+                return None  # an app confirmed meanwhile, in another tab
+            codes = _replace_recovery_codes(user) if turned_on else []
+    except NeedsStepUp:
+        return None
     del request.session[ENROL_KEY]
     factor_added(request, user, TOTP, turned_on)
     return codes
 
 
-def _turn_on(user: Any) -> bool:
+class NeedsStepUp(Exception):
+    """2FA is on (turned on by another session since the view let this one in with a fresh
+    password alone): a new factor joins it only after a second factor proved lately."""
+
+
+def _turn_on(request: HttpRequest, user: Any) -> bool:
     """Make sure ``user`` has a TwoFactor row (inside the new factor's transaction); return
     whether this created it, i.e. whether 2FA is turning on now.
 
-    The row found is locked until the factor commits: turning 2FA off meanwhile (``_remove``
-    deletes this row first) then waits, and deletes the new factor too, instead of leaving it
-    saved under no TwoFactor row (a factor that would not be asked for).
+    Asked here, where the factor is saved, and not only by the view: otherwise a session that
+    never proved a factor adds a way in beside a first factor saved meanwhile (``NeedsStepUp``
+    rolls the factor's transaction back). The row found is locked until the factor commits:
+    turning 2FA off meanwhile (``_remove`` deletes this row first) then waits, and deletes the
+    new factor too, instead of leaving it saved under no TwoFactor row.
     """
     _row, created = TwoFactor.objects.select_for_update().get_or_create(user=user)
+    if not created and not reauthenticated_within(request, settings.REAUTH_AGE):
+        raise NeedsStepUp
     return created
 
 
-def turn_on_with_key(user: Any) -> list[str] | None:
+def turn_on_with_key(request: HttpRequest, user: Any) -> list[str] | None:
     """Called in the transaction that saves a user's security key: turn 2FA on if it was off.
 
-    Returns the first recovery codes when this turned it on, None when it was on already.
+    Returns the first recovery codes when this turned it on, None when it was on already;
+    raises ``NeedsStepUp`` as ``_turn_on`` does.
     """
-    return _replace_recovery_codes(user) if _turn_on(user) else None
+    return _replace_recovery_codes(user) if _turn_on(request, user) else None
 
 
 def factor_added(request: HttpRequest, user: Any, method: str, turned_on: bool) -> None:

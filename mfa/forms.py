@@ -156,15 +156,11 @@ class RecoveryCodeForm(TextOnlyForm):
     """A recovery code; case, spaces and dashes are forgiven.
 
     ``imported``: whether the user holds codes imported from django-otp (8 characters).
-    ``has_app``: whether the user has an authenticator app. Without one, a 6-digit code is a
-    form error whatever the password: refusing it only after a right password would tell a
-    session thief that the password they tried is right.
     """
 
-    def __init__(self, *args, imported: bool = True, has_app: bool = True, **kwargs):
+    def __init__(self, *args, imported: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.imported = imported
-        self.has_app = has_app
 
     code = forms.CharField(
         label=_("Recovery code"),

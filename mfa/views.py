@@ -87,6 +87,14 @@ def pending_required(view: Callable) -> Callable:
     return wrapper
 
 
+def start_again(request: HttpRequest) -> HttpResponse:
+    """Answer a second step whose factor went since the password step (``Result.GONE``: reset
+    by an administrator, or turned off elsewhere): the login starts over."""
+    flows.abandon_pending_login(request)
+    messages.info(request, _("Your sign-in changed meanwhile. Please start again."))
+    return redirect("mfa:login")
+
+
 def no_store(response: HttpResponse) -> HttpResponse:
     # Pages with secrets or fresh codes must not linger in any cache or in the back button.
     response["Cache-Control"] = "no-store"
@@ -183,10 +191,7 @@ def _code_step(
                 flows.abandon_pending_login(request)
                 return render(request, "mfa/unreadable.html", status=403)
             if outcome.result is Result.GONE:
-                # Reset by an administrator since the password step: start again.
-                flows.abandon_pending_login(request)
-                messages.info(request, _("Your sign-in changed meanwhile. Please start again."))
-                return redirect("mfa:login")
+                return start_again(request)
             form.add_error("code", _code_error(outcome, method))
     context = _step_context(request, user, next_url, form, keys=method == TOTP)
     return render(request, template, context, status=status)

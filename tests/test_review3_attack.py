@@ -6,6 +6,7 @@ are attacks that held, kept so that they keep holding.
 """
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 from django.db import connections, transaction
@@ -148,11 +149,15 @@ def test_turning_2fa_off_during_an_addition_leaves_no_factor_behind(user):
     TwoFactor.objects.create(user=user)
     give_key(user)
     saved, go = threading.Event(), threading.Event()
+    # A session that proved its password and a factor just now: it may add one.
+    now = int(totp.now())
+    session = {flows.AUTH_AT_KEY: now, flows.VERIFIED_AT_KEY: now}
+    proved = SimpleNamespace(user=user, session=session)
 
     def add():
         try:
             with transaction.atomic():
-                flows.turn_on_with_key(user)
+                flows.turn_on_with_key(proved, user)
                 give_key(user)
                 saved.set()
                 go.wait(10)

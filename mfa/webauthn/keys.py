@@ -15,7 +15,6 @@ from django.http import HttpRequest
 from django.views.decorators.debug import sensitive_variables
 
 from .. import flows, notify, signals
-from ..conf import settings
 from ..models import SecurityEvent, TOTPDevice, TwoFactor, WebAuthnCredential
 from . import ceremonies
 
@@ -70,14 +69,7 @@ def add(
     try:
         with transaction.atomic():
             # In the key's transaction: 2FA is on if and only if the key was saved.
-            codes = flows.turn_on_with_key(user)
-            if codes is None and not flows.reauthenticated_within(request, settings.REAUTH_AGE):
-                # The view let this session in while 2FA was off (a fresh password was
-                # enough); another session turned it on since. Joining a user's 2FA takes a
-                # second factor proved lately, checked here, in the transaction that would
-                # save the key, or a session that never proved one adds a way in.
-                transaction.set_rollback(True)
-                return Added(AddResult.STEP_UP)
+            codes = flows.turn_on_with_key(request, user)
             key = WebAuthnCredential.objects.create(
                 user=user,
                 # Unique across users: a credential id claimed twice is refused, so no
@@ -91,6 +83,8 @@ def add(
             flows.record(request, user, Kind.KEY_ADDED, detail=f"key {key.pk}")
     except IntegrityError:
         return Added(AddResult.DUPLICATE)
+    except flows.NeedsStepUp:
+        return Added(AddResult.STEP_UP)
     # The key was just proved (it signed the challenge): as after an app's enrolment, this
     # session has used a second factor, and is offered to end the others.
     flows.factor_added(request, user, flows.KEY, turned_on=codes is not None)

@@ -33,6 +33,7 @@ from ..views import (
     no_store,
     pending_required,
     safe_next,
+    start_again,
     too_many,
 )
 from . import ceremonies, keys
@@ -132,9 +133,7 @@ def login_view(request: HttpRequest, user: Any, next_url: str) -> HttpResponse:
     if outcome.result is Result.BLOCKED:
         return too_many(request, outcome)
     if outcome.result is Result.GONE:
-        flows.abandon_pending_login(request)
-        messages.info(request, _("Your sign-in changed meanwhile. Please start again."))
-        return redirect("mfa:login")
+        return start_again(request)
     if outcome.result is Result.STALE:
         error = _("That security key request expired or was already used. Try again.")
     else:
