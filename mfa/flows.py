@@ -62,6 +62,7 @@ __all__ = [
     "OnAccept",
     "NeedsStepUp",
     "Outcome",
+    "Removal",
     "Result",
     "abandon_pending_login",
     "backed_off",
@@ -74,6 +75,7 @@ __all__ = [
     "forget_browsers",
     "has_2fa",
     "has_app",
+    "has_factor",
     "has_imported_codes",
     "login_remembered",
     "mark_reauthenticated",
@@ -87,6 +89,7 @@ __all__ = [
     "regenerate_recovery_codes",
     "remember_browser",
     "remove_app",
+    "remove_factor",
     "reset",
     "second_factor_verified",
     "two_factor_pk",
@@ -914,23 +917,46 @@ def _remove(user: Any) -> None:
         WebAuthnCredential.objects.filter(user=user).delete()
 
 
+class Removal:
+    OK = "ok"
+    GONE = "gone"  # not the user's, or removed meanwhile
+    LAST = "last"  # the user's only factor: turning 2FA off is the way
+
+
+def has_factor(user: Any, but_key: int | None = None) -> bool:
+    """Whether ``user`` has an authenticator app or a security key (other than ``but_key``)."""
+    keys = WebAuthnCredential.objects.filter(user=user).exclude(pk=but_key)
+    return TOTPDevice.objects.filter(user=user).exists() or keys.exists()
+
+
+def remove_factor(
+    request: HttpRequest | None, user: Any, factor: QuerySet, kind: str, method: str, detail=""
+) -> str:
+    """Delete ``factor`` (the user's app, or one of their keys), audited as ``kind`` and
+    notified, unless no factor would be left: 2FA never goes off by removing a factor."""
+    with transaction.atomic():
+        # The TwoFactor row's lock serialises removals of one user's factors: two requests
+        # removing the last two at once cannot both find the other one still there.
+        list(TwoFactor.objects.select_for_update().filter(user=user).values_list("pk"))
+        if not factor.delete()[0]:
+            return Removal.GONE
+        if not has_factor(user):
+            transaction.set_rollback(True)
+            return Removal.LAST
+        record(request, user, kind, detail=detail)
+    signals.send(signals.factor_removed, request, user, method=method)
+    notify.send(user, kind)
+    return Removal.OK
+
+
 def remove_app(request: HttpRequest, user: Any) -> bool:
     """Remove the user's authenticator app, their security keys staying (after
     re-authentication by the view). False, and nothing changed, when the app is their last
     factor (no key: turning 2FA off is the way) or gone."""
-    with transaction.atomic():
-        # The TwoFactor row's lock, as for a key's removal: a key removed at the same moment
-        # cannot leave the user with no factor.
-        list(TwoFactor.objects.select_for_update().filter(user=user).values_list("pk"))
-        if not WebAuthnCredential.objects.filter(user=user).exists():
-            return False
-        deleted, _ = TOTPDevice.objects.filter(user=user).delete()
-        if not deleted:
-            return False
-        record(request, user, Kind.APP_REMOVED)
+    app = TOTPDevice.objects.filter(user=user)
+    if remove_factor(request, user, app, Kind.APP_REMOVED, TOTP) != Removal.OK:
+        return False
     _offer_end_sessions(request)
-    signals.send(signals.factor_removed, request, user, method=TOTP)
-    notify.send(user, Kind.APP_REMOVED)
     return True
 
 

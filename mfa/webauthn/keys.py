@@ -14,8 +14,8 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.views.decorators.debug import sensitive_variables
 
-from .. import flows, notify, signals
-from ..models import SecurityEvent, TOTPDevice, TwoFactor, WebAuthnCredential
+from .. import flows, notify
+from ..models import SecurityEvent, WebAuthnCredential
 from . import ceremonies
 
 __all__ = ["AddResult", "Added", "RemoveResult", "add", "begin", "remove", "removed", "rename"]
@@ -40,10 +40,8 @@ class Added:
     recovery_codes: list[str] | None = field(default=None, repr=False)
 
 
-class RemoveResult:
-    OK = "ok"
-    GONE = "gone"  # not this user's key, or removed meanwhile
-    LAST = "last"  # the user's only factor: turning 2FA off is the way
+# What a removal answers (also the admin's): OK, GONE, or LAST (the user's only factor).
+RemoveResult = flows.Removal
 
 
 def begin(request: HttpRequest, user: Any) -> str:
@@ -99,13 +97,7 @@ def rename(user: Any, key_pk: int, name: str) -> bool:
 
 def is_last_factor(user: Any, key_pk: int) -> bool:
     """Whether key ``key_pk`` is the only factor ``user`` has (no app, no other key)."""
-    return not _has_factor(user, but=key_pk)
-
-
-def _has_factor(user: Any, but: int | None = None) -> bool:
-    """Whether ``user`` has an app or a key (other than key ``but``)."""
-    keys = WebAuthnCredential.objects.filter(user=user).exclude(pk=but)
-    return TOTPDevice.objects.filter(user=user).exists() or keys.exists()
+    return not flows.has_factor(user, but_key=key_pk)
 
 
 def remove(request: HttpRequest, user: Any, key_pk: int) -> str:
@@ -122,17 +114,5 @@ def removed(request: HttpRequest | None, user: Any, key_pk: int, detail: str) ->
     Also the administrator's way (``detail`` names them), whose own session is not offered to
     end the user's others; an administrator takes a last factor away with a reset.
     """
-    with transaction.atomic():
-        # The TwoFactor row's lock serialises removals of one user's keys: two requests
-        # removing the last two keys at once cannot both find the other one still there.
-        list(TwoFactor.objects.select_for_update().filter(user=user).values_list("pk"))
-        deleted, _ = WebAuthnCredential.objects.filter(user=user, pk=key_pk).delete()
-        if not deleted:
-            return RemoveResult.GONE
-        if not _has_factor(user):
-            transaction.set_rollback(True)
-            return RemoveResult.LAST
-        flows.record(request, user, Kind.KEY_REMOVED, detail=detail)
-    signals.send(signals.factor_removed, request, user, method=flows.KEY)
-    notify.send(user, Kind.KEY_REMOVED)
-    return RemoveResult.OK
+    key = WebAuthnCredential.objects.filter(user=user, pk=key_pk)
+    return flows.remove_factor(request, user, key, Kind.KEY_REMOVED, flows.KEY, detail)
